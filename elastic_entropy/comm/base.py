@@ -1,0 +1,115 @@
+"""The communicator protocol: the mean over all replicas of a stacked flat buffer.
+
+A process holds ``replicas_per_process`` replicas; their flat buffers are the rows of one
+``[replicas_per_process, N]`` tensor. The mean over all replicas of the job is taken first over
+the rows (in the process), then across processes with one all-reduce of one ``N``-long buffer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@dataclass
+class CommStats:
+    """What a communicator has sent, counted where it happens (never estimated).
+
+    ``bytes_per_replica`` is the payload each replica contributes to the averages: the number that
+    compares with data-parallel SGD, where every worker all-reduces its whole gradient every
+    minibatch. It is the same for every layout of the replicas (1x4, 2x2 or 4x1).
+    """
+
+    num_collectives: int = 0
+    bytes_per_replica: int = 0
+
+    def record(self, buf: torch.Tensor) -> None:
+        self.num_collectives += 1
+        self.bytes_per_replica += buf[0].numel() * buf.element_size()
+
+
+class Pending(Protocol):
+    def wait(self) -> torch.Tensor: ...
+
+
+@runtime_checkable
+class Communicator(Protocol):
+    """Mean over every replica of the job; the only way an optimizer talks to its peers."""
+
+    replicas_per_process: int
+    stats: CommStats
+
+    @property
+    def num_replicas(self) -> int:
+        """Replicas in the whole job: processes x replicas per process."""
+        ...
+
+    @property
+    def replica_offset(self) -> int:
+        """Global index of this process's first replica."""
+        ...
+
+    def mean_async(self, buf: torch.Tensor) -> Pending:
+        """Start the mean over all replicas of ``buf`` (``[replicas_per_process, N]``)."""
+        ...
+
+    def mean(self, buf: torch.Tensor) -> torch.Tensor:
+        """The mean over all replicas, an ``N``-long tensor."""
+        ...
+
+
+class _Done:
+    def __init__(self, value: torch.Tensor) -> None:
+        self._value = value
+
+    def wait(self) -> torch.Tensor:
+        return self._value
+
+
+def check_stacked(buf: torch.Tensor, replicas_per_process: int) -> None:
+    if buf.dim() != 2 or buf.shape[0] != replicas_per_process:
+        raise ValueError(
+            f"expected a [{replicas_per_process}, N] buffer (one row per replica of this process), "
+            f"got shape {tuple(buf.shape)}"
+        )
+
+
+class LocalCommunicator:
+    """All replicas live in this process (one process, any number of replicas; n = 1 included).
+
+    Nothing crosses a process boundary, but the payload is still counted per replica so that a run
+    reports what the same replicas would send as separate workers.
+    """
+
+    def __init__(self, replicas_per_process: int = 1) -> None:
+        if replicas_per_process < 1:
+            raise ValueError(
+                f"Invalid replicas_per_process: {replicas_per_process} (must be >= 1)"
+            )
+        self.replicas_per_process = replicas_per_process
+        self.stats = CommStats()
+
+    @property
+    def num_replicas(self) -> int:
+        return self.replicas_per_process
+
+    @property
+    def replica_offset(self) -> int:
+        return 0
+
+    def mean_async(self, buf: torch.Tensor) -> Pending:
+        return _Done(self.mean(buf))
+
+    def mean(self, buf: torch.Tensor) -> torch.Tensor:
+        check_stacked(buf, self.replicas_per_process)
+        if self.replicas_per_process == 1:
+            # alone: nothing to average and nothing to send
+            return buf[0].clone()
+        self.stats.record(buf)
+        # sum then divide, the same arithmetic as the all-reduce across processes
+        return buf.sum(dim=0).div_(self.replicas_per_process)
+
+    def __repr__(self) -> str:
+        return f"LocalCommunicator(replicas_per_process={self.replicas_per_process})"

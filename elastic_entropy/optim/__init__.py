@@ -1,0 +1,8 @@
+"""Optimizers: Parle and its presets, each a ``torch.optim.Optimizer``."""
+
+from elastic_entropy.optim.elastic_sgd import ElasticSGD
+from elastic_entropy.optim.entropy_sgd import EntropySGD
+from elastic_entropy.optim.parle import Parle, replica_param_groups
+from elastic_entropy.optim.sgd import SGD
+
+__all__ = ["SGD", "ElasticSGD", "EntropySGD", "Parle", "replica_param_groups"]

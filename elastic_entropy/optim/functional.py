@@ -1,0 +1,121 @@
+"""The functional core of Parle: the updates of DESIGN.md section 1, on lists of tensors.
+
+Each function loops over tensors. :class:`~elastic_entropy.optim.Parle` calls them with one flat
+``[replicas, N]`` buffer per parameter group, device and dtype (a list of length one in the usual
+case), so a step is a handful of kernels over one contiguous buffer; called with per-parameter
+tensors the same code is the readable reference path. Everything runs in place.
+
+Notation: ``y`` live (inner) iterate, ``x`` anchor, ``z`` exponential average of ``y``, ``v`` inner
+momentum, ``u`` outer momentum, ``r`` the mean over replicas of ``z`` (or of ``x`` without an inner
+loop), ``m`` momentum, ``s`` scratch space of the same shape as ``y``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+def _nesterov_update(
+    param: Tensor, direction: Tensor, buf: Tensor, *, lr: float, momentum: float, nesterov: bool
+) -> None:
+    """``buf = m buf + d``; ``param -= lr (d + m buf)`` (Nesterov) or ``lr buf`` (heavy ball).
+
+    The same arithmetic as ``torch.optim.SGD`` with zero dampening; ``direction`` is overwritten.
+    """
+    if momentum == 0.0:
+        param.add_(direction, alpha=-lr)
+        return
+    buf.mul_(momentum).add_(direction)
+    if nesterov:
+        param.add_(direction.add_(buf, alpha=momentum), alpha=-lr)
+    else:
+        param.add_(buf, alpha=-lr)
+
+
+def inner_step(
+    ys: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    xs: Sequence[Tensor],
+    vs: Sequence[Tensor],
+    scratch: Sequence[Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    gamma: float,
+) -> None:
+    """``g = grad + wd y + gamma (y - x)``; ``v = m v + g``; ``y -= lr' (g + m v)``."""
+    for y, grad, x, v, s in zip(ys, grads, xs, vs, scratch):
+        if weight_decay != 0.0:
+            torch.add(grad, y, alpha=weight_decay, out=s)
+        else:
+            s.copy_(grad)
+        if gamma != 0.0:
+            s.add_(y, alpha=gamma).sub_(x, alpha=gamma)
+        _nesterov_update(y, s, v, lr=lr, momentum=momentum, nesterov=nesterov)
+
+
+def add_noise(ys: Sequence[Tensor], noises: Sequence[Tensor], *, lr: float, noise: float) -> None:
+    """Langevin term ``y += eps sqrt(2 lr') xi`` for standard normal ``xi`` (temperature eps^2)."""
+    scale = noise * (2.0 * lr) ** 0.5
+    for y, xi in zip(ys, noises):
+        y.add_(xi, alpha=scale)
+
+
+def ema_update(zs: Sequence[Tensor], ys: Sequence[Tensor], *, alpha: float) -> None:
+    """``z = alpha z + (1 - alpha) y``: alpha weighs the *old* average (0.75 in the papers' code)."""
+    for z, y in zip(zs, ys):
+        z.lerp_(y, 1.0 - alpha)
+
+
+def outer_step(
+    xs: Sequence[Tensor],
+    zs: Sequence[Tensor],
+    us: Sequence[Tensor],
+    rs: Sequence[Tensor | None],
+    scratch: Sequence[Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    rho: float,
+) -> None:
+    """``d = (x - z) + rho (x - r)``; ``u = m u + d``; ``x -= lr (d + m u)``.
+
+    ``r`` (broadcast over the replica rows) is the mean over all replicas of ``z``; ``None`` when
+    ``rho`` is zero, where it is not needed.
+    """
+    for x, z, u, r, s in zip(xs, zs, us, rs, scratch):
+        torch.sub(x, z, out=s)
+        if rho != 0.0:
+            assert r is not None
+            s.add_(x, alpha=rho).sub_(r, alpha=rho)
+        _nesterov_update(x, s, u, lr=lr, momentum=momentum, nesterov=nesterov)
+
+
+def elastic_step(
+    xs: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    us: Sequence[Tensor],
+    rs: Sequence[Tensor | None],
+    scratch: Sequence[Tensor],
+    *,
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    rho: float,
+) -> None:
+    """No inner loop: ``d = grad + wd x + rho (x - r)`` with ``r`` the mean of the anchors."""
+    for x, grad, u, r, s in zip(xs, grads, us, rs, scratch):
+        if weight_decay != 0.0:
+            torch.add(grad, x, alpha=weight_decay, out=s)
+        else:
+            s.copy_(grad)
+        if rho != 0.0 and r is not None:
+            s.add_(x, alpha=rho).sub_(r, alpha=rho)
+        _nesterov_update(x, s, u, lr=lr, momentum=momentum, nesterov=nesterov)
