@@ -1,3 +1,3 @@
-"""elastic_entropy: Parle (Entropy-SGD replicas elastically coupled to their average) for PyTorch."""
+"""elastic_entropy: Parle for PyTorch (Entropy-SGD replicas elastically coupled to their mean)."""
 
 __version__ = "0.1.0"

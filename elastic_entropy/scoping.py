@@ -57,7 +57,12 @@ class Schedule:
         self.t += 1
 
     def state_dict(self) -> dict[str, Any]:
-        return {"initial": self.initial, "rate": self.rate, "max_value": self.max_value, "t": self.t}
+        return {
+            "initial": self.initial,
+            "rate": self.rate,
+            "max_value": self.max_value,
+            "t": self.t,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for key in ("initial", "rate", "max_value"):

@@ -85,9 +85,7 @@ class LocalCommunicator:
 
     def __init__(self, replicas_per_process: int = 1) -> None:
         if replicas_per_process < 1:
-            raise ValueError(
-                f"Invalid replicas_per_process: {replicas_per_process} (must be >= 1)"
-            )
+            raise ValueError(f"Invalid replicas_per_process: {replicas_per_process} (must be >= 1)")
         self.replicas_per_process = replicas_per_process
         self.stats = CommStats()
 

@@ -37,9 +37,7 @@ class DistributedCommunicator:
                 "elastic_entropy.distributed.init_distributed() first (or use LocalCommunicator)"
             )
         if replicas_per_process < 1:
-            raise ValueError(
-                f"Invalid replicas_per_process: {replicas_per_process} (must be >= 1)"
-            )
+            raise ValueError(f"Invalid replicas_per_process: {replicas_per_process} (must be >= 1)")
         self.replicas_per_process = replicas_per_process
         self.group = group
         self.world_size = dist.get_world_size(group)

@@ -67,7 +67,7 @@ def add_noise(ys: Sequence[Tensor], noises: Sequence[Tensor], *, lr: float, nois
 
 
 def ema_update(zs: Sequence[Tensor], ys: Sequence[Tensor], *, alpha: float) -> None:
-    """``z = alpha z + (1 - alpha) y``: alpha weighs the *old* average (0.75 in the papers' code)."""
+    """``z = alpha z + (1 - alpha) y``; alpha weighs the *old* average (0.75 in the papers)."""
     for z, y in zip(zs, ys):
         z.lerp_(y, 1.0 - alpha)
 

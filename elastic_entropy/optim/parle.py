@@ -85,15 +85,17 @@ class Parle(Optimizer):
         r = mean_a z^a                                  (one all-reduce of one flat buffer)
         d = (x - z) + rho_t (x - r) ;  u = m u + d ;  x = x - lr (d + m u)
 
-    ``num_inner_steps = 0`` drops the inner loop: ``d = grad f_B(x) + wd x + rho_t (x - mean_a x^a)``
-    (synchronous Elastic-SGD). With one replica, ``L = 0`` and ``rho = 0`` this is exactly
-    ``torch.optim.SGD(lr, momentum, nesterov=True, weight_decay)``. The inner momentum ``v`` persists
-    across outer steps, as in the Parle code.
+    ``num_inner_steps = 0`` drops the inner loop:
+    ``d = grad f_B(x) + wd x + rho_t (x - mean_a x^a)`` (synchronous Elastic-SGD). With one
+    replica, ``L = 0`` and ``rho = 0`` this is exactly ``torch.optim.SGD(lr, momentum,
+    nesterov=True, weight_decay)``. The inner momentum ``v`` persists across outer steps, as in
+    the Parle code.
 
     ``gamma`` and ``rho`` are coupling *strengths*; in Deep Relaxation units the variance is
-    ``1 / gamma``. They grow by scoping (``gamma_schedule``, ``rho_schedule``, stepped once per outer
-    step; when given they replace ``gamma`` and ``rho``). The reference ``xbar = mean_a x^a`` is what
-    you evaluate and ship: :meth:`reference` computes it (a collective call on every process).
+    ``1 / gamma``. They grow by scoping (``gamma_schedule``, ``rho_schedule``, stepped once per
+    outer step; when given they replace ``gamma`` and ``rho``). The reference
+    ``xbar = mean_a x^a`` is what you evaluate and ship: :meth:`reference` computes it (a
+    collective call on every process).
 
     Replicas: plain parameters are one replica. Several replicas in one process are parameter
     groups with a ``"replica"`` key (see :func:`replica_param_groups`), all shaped alike; ``comm``
@@ -128,7 +130,9 @@ class Parle(Optimizer):
         seed: int | None = None,
     ) -> None:
         if not isinstance(num_inner_steps, int) or num_inner_steps < 0:
-            raise ValueError(f"Invalid num_inner_steps value: {num_inner_steps} (must be an int >= 0)")
+            raise ValueError(
+                f"Invalid num_inner_steps value: {num_inner_steps} (must be an int >= 0)"
+            )
         _check_coupling("gamma", gamma)
         _check_coupling("rho", rho)
         defaults = {
@@ -278,7 +282,8 @@ class Parle(Optimizer):
             storage = self._storages[key]
             n = p.numel()
             self.state[p] = {
-                name: buf[row, column : column + n].view_as(p) for name, buf in storage.state.items()
+                name: buf[row, column : column + n].view_as(p)
+                for name, buf in storage.state.items()
             }
 
     def _build_generators(self, seed: int | None) -> None:
@@ -313,7 +318,8 @@ class Parle(Optimizer):
             if gain >= 2.0:
                 raise ValueError(
                     f"Unstable elastic coupling: lr * rho_max * (1 + momentum) = {lr} * {rho_max} "
-                    f"* {1.0 + momentum} = {gain:.3g} >= 2, so each outer step moves a replica past "
+                    f"* {1.0 + momentum} = {gain:.3g} >= 2, so each outer step moves a replica "
+                    "past "
                     f"the reference and the run diverges; keep rho_max below "
                     f"{2.0 / (lr * (1.0 + momentum)):.3g} or lower lr"
                 )
@@ -406,7 +412,9 @@ class Parle(Optimizer):
 
     def _mean(self, name: str) -> dict[_StorageKey, Tensor]:
         """Mean over all replicas of a flat buffer, one collective per storage."""
-        pending = {key: self.comm.mean_async(self._buffer(s, name)) for key, s in self._storages.items()}
+        pending = {
+            key: self.comm.mean_async(self._buffer(s, name)) for key, s in self._storages.items()
+        }
         return {key: work.wait() for key, work in pending.items()}
 
     @staticmethod
@@ -494,9 +502,7 @@ class Parle(Optimizer):
             "num_replicas": self.comm.num_replicas,
             "gamma_schedule": self.gamma_schedule.state_dict(),
             "rho_schedule": self.rho_schedule.state_dict(),
-            "generators": [
-                g.get_state() for s in self._storages.values() for g in s.generators
-            ],
+            "generators": [g.get_state() for s in self._storages.values() for g in s.generators],
         }
         return state
 
@@ -504,7 +510,9 @@ class Parle(Optimizer):
         state_dict = dict(state_dict)
         extra = state_dict.pop("parle", None)
         if extra is None:
-            raise ValueError("not a Parle optimizer state (no 'parle' entry); was it saved by Parle?")
+            raise ValueError(
+                "not a Parle optimizer state (no 'parle' entry); was it saved by Parle?"
+            )
         for name in ("num_inner_steps", "replicas_per_process", "num_replicas"):
             mine = {
                 "num_inner_steps": self.num_inner_steps,
@@ -525,7 +533,8 @@ class Parle(Optimizer):
                     if name not in loaded or loaded[name].shape != p.shape:
                         raise ValueError(
                             "optimizer state does not match this model (a parameter's saved "
-                            f"'{name}' is missing or has another shape); was it saved for another model?"
+                            f"'{name}' is missing or has another shape); was it saved for another "
+                            "model?"
                         )
                     buf[row, column : column + p.numel()].copy_(loaded[name].reshape(-1))
         self._link_state()
@@ -534,7 +543,9 @@ class Parle(Optimizer):
         self.rho_schedule.load_state_dict(extra["rho_schedule"])
         generators = [g for s in self._storages.values() for g in s.generators]
         if len(generators) != len(extra["generators"]):
-            raise ValueError("optimizer state has another number of noise generators; was noise on?")
+            raise ValueError(
+                "optimizer state has another number of noise generators; was noise on?"
+            )
         for generator, saved in zip(generators, extra["generators"]):
             generator.set_state(saved)
 

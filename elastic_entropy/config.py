@@ -1,0 +1,299 @@
+"""Structured configs: one dataclass per component, registered as options of Hydra's groups.
+
+Groups: ``algorithm/`` (parle, entropy_sgd, elastic_sgd, sgd), ``model/`` (cnn1d, mlp, lenet),
+``data/`` (mnist1d, digits, mnist, cifar10), ``scoping/`` (exponential, constant), ``cluster/``
+(local, gpu). Algorithm keys are the optimizer's argument names. Values are checked in
+``__post_init__``, which runs when the composed config becomes objects (``OmegaConf.to_object``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+def _require(condition: bool, key: str, value: Any, rule: str) -> None:
+    if not condition:
+        raise ValueError(f"Invalid {key}: {value!r} ({rule})")
+
+
+def _non_negative(key: str, value: float) -> None:
+    _require(math.isfinite(value) and value >= 0.0, key, value, "must be finite and >= 0")
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = MISSING
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 0.0
+    # replicas per process when cluster.replicas_per_process is left unset
+    DEFAULT_REPLICAS: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        _non_negative("algorithm.lr", self.lr)
+        _require(
+            0.0 <= self.momentum < 1.0, "algorithm.momentum", self.momentum, "must be in [0, 1)"
+        )
+        _non_negative("algorithm.weight_decay", self.weight_decay)
+
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        """Everything but ``name``: the keys are the optimizer's argument names."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
+
+
+@dataclass
+class _InnerLoopConfig(AlgorithmConfig):
+    inner_lr: float | None = None  # None: the same as lr
+    num_inner_steps: int = 10
+    gamma: float = 0.03
+    alpha: float = 0.75
+    noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.inner_lr is not None:
+            _non_negative("algorithm.inner_lr", self.inner_lr)
+        _require(
+            self.num_inner_steps >= 1,
+            "algorithm.num_inner_steps",
+            self.num_inner_steps,
+            "must be >= 1 here; use algorithm=elastic_sgd or sgd for no inner loop",
+        )
+        _non_negative("algorithm.gamma", self.gamma)
+        _require(0.0 <= self.alpha < 1.0, "algorithm.alpha", self.alpha, "must be in [0, 1)")
+        _non_negative("algorithm.noise", self.noise)
+
+
+@dataclass
+class ParleConfig(_InnerLoopConfig):
+    name: str = "parle"
+    rho: float = 1.0
+    DEFAULT_REPLICAS: ClassVar[int] = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _non_negative("algorithm.rho", self.rho)
+
+
+@dataclass
+class EntropySGDConfig(_InnerLoopConfig):
+    name: str = "entropy_sgd"
+    lr: float = 1.0  # Entropy-SGD's outer lr absorbs 1/gamma: 1 in the papers
+    inner_lr: float | None = 0.1
+
+
+@dataclass
+class ElasticSGDConfig(AlgorithmConfig):
+    name: str = "elastic_sgd"
+    rho: float = 1.0
+    DEFAULT_REPLICAS: ClassVar[int] = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _non_negative("algorithm.rho", self.rho)
+
+
+@dataclass
+class SGDConfig(AlgorithmConfig):
+    name: str = "sgd"
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
+
+
+@dataclass
+class CNN1DConfig(ModelConfig):
+    name: str = "cnn1d"
+    channels: int = 32
+    dropout: float = 0.0
+    batchnorm: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.channels >= 1, "model.channels", self.channels, "must be >= 1")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "must be in [0, 1)")
+
+
+@dataclass
+class MLPConfig(ModelConfig):
+    name: str = "mlp"
+    hidden: list[int] = field(default_factory=lambda: [256])
+    dropout: float = 0.0
+    batchnorm: bool = False
+
+    def __post_init__(self) -> None:
+        _require(
+            all(h >= 1 for h in self.hidden), "model.hidden", self.hidden, "sizes must be >= 1"
+        )
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "must be in [0, 1)")
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {**super().model_kwargs(), "hidden": tuple(self.hidden)}
+
+
+@dataclass
+class LeNetConfig(ModelConfig):
+    name: str = "lenet"
+    channels: list[int] = field(default_factory=lambda: [20, 50])
+    hidden: int = 500
+    dropout: float = 0.25
+    batchnorm: bool = True
+
+    def __post_init__(self) -> None:
+        _require(len(self.channels) == 2, "model.channels", self.channels, "needs two sizes")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "must be in [0, 1)")
+
+    def model_kwargs(self) -> dict[str, Any]:
+        return {**super().model_kwargs(), "channels": tuple(self.channels)}
+
+
+@dataclass
+class DataConfig:
+    name: str = MISSING
+    batch_size: int = 64
+    root: str = "data"  # local folder for mnist and cifar10; never downloaded
+    policy: str = "full"  # full: every replica sees all the data in its own order; shard: 1/n each
+    seed: int = 42  # the data set's own seed (MNIST-1D generation, splits), not the run's
+    validation_fraction: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be >= 1")
+        _require(
+            self.policy in ("full", "shard"), "data.policy", self.policy, "choose full or shard"
+        )
+        _require(
+            0.0 <= self.validation_fraction < 1.0,
+            "data.validation_fraction",
+            self.validation_fraction,
+            "must be in [0, 1)",
+        )
+
+
+@dataclass
+class ScopingConfig:
+    """``coupling_t = min(initial (1 + rate)^t, max)`` per outer step; ``rate: null`` is the
+    papers' ``0.5 / B`` with ``B`` outer steps per epoch."""
+
+    name: str = "exponential"
+    gamma_rate: float | None = None
+    gamma_max: float = 1.0
+    rho_rate: float | None = None
+    rho_max: float = 10.0
+
+    def __post_init__(self) -> None:
+        for key in ("gamma_rate", "rho_rate"):
+            value = getattr(self, key)
+            if value is not None:
+                _non_negative(f"scoping.{key}", value)
+        for key in ("gamma_max", "rho_max"):
+            value = getattr(self, key)
+            _require(value >= 0.0, f"scoping.{key}", value, "must be >= 0 (inf for no cap)")
+
+
+@dataclass
+class ClusterConfig:
+    name: str = "local"
+    replicas_per_process: int | None = None  # None: the algorithm's default (Parle: 4)
+    backend: str = "auto"  # auto: nccl on GPUs, gloo on CPUs
+    device: str = "auto"  # auto: cuda:LOCAL_RANK when CUDA is there, else cpu
+    timeout_s: float = 600.0  # a silent peer ends the job after this long
+
+    def __post_init__(self) -> None:
+        if self.replicas_per_process is not None:
+            _require(
+                self.replicas_per_process >= 1,
+                "cluster.replicas_per_process",
+                self.replicas_per_process,
+                "must be >= 1",
+            )
+        _require(
+            self.backend in ("auto", "gloo", "nccl"),
+            "cluster.backend",
+            self.backend,
+            "choose auto, gloo or nccl",
+        )
+        _require(
+            self.device in ("auto", "cpu", "cuda"),
+            "cluster.device",
+            self.device,
+            "choose auto, cpu or cuda",
+        )
+        _require(self.timeout_s > 0, "cluster.timeout_s", self.timeout_s, "must be > 0")
+
+
+@dataclass
+class Config:
+    defaults: list[Any] = field(
+        default_factory=lambda: [
+            {"algorithm": "parle"},
+            {"model": "cnn1d"},
+            {"data": "mnist1d"},
+            {"scoping": "exponential"},
+            {"cluster": "local"},
+            "_self_",
+        ]
+    )
+    algorithm: Any = MISSING  # Any: each option keeps its own dataclass
+    model: Any = MISSING
+    data: DataConfig = MISSING
+    scoping: ScopingConfig = MISSING
+    cluster: ClusterConfig = MISSING
+    seed: int = 0
+    epochs: float = 20.0  # minibatches per replica = epochs x (training set / batch size)
+    max_steps: int | None = None  # when set, replaces epochs (minibatches per replica)
+    eval_every: float = 1.0  # epochs between evaluations of the reference
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.epochs > 0, "epochs", self.epochs, "must be > 0")
+        if self.max_steps is not None:
+            _require(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
+        _require(self.eval_every > 0, "eval_every", self.eval_every, "must be > 0")
+
+    @property
+    def replicas_per_process(self) -> int:
+        if self.cluster.replicas_per_process is not None:
+            return self.cluster.replicas_per_process
+        return type(self.algorithm).DEFAULT_REPLICAS
+
+
+GROUPS: dict[str, dict[str, Any]] = {
+    "algorithm": {
+        "parle": ParleConfig,
+        "entropy_sgd": EntropySGDConfig,
+        "elastic_sgd": ElasticSGDConfig,
+        "sgd": SGDConfig,
+    },
+    "model": {"cnn1d": CNN1DConfig, "mlp": MLPConfig, "lenet": LeNetConfig},
+    "data": {
+        "mnist1d": DataConfig(name="mnist1d"),
+        "digits": DataConfig(name="digits", batch_size=32),
+        "mnist": DataConfig(name="mnist", batch_size=128),
+        "cifar10": DataConfig(name="cifar10", batch_size=128),
+    },
+    "scoping": {
+        "exponential": ScopingConfig,
+        "constant": ScopingConfig(
+            name="constant", gamma_rate=0.0, gamma_max=math.inf, rho_rate=0.0, rho_max=math.inf
+        ),
+    },
+    "cluster": {"local": ClusterConfig, "gpu": ClusterConfig(name="gpu", device="cuda")},
+}
+
+
+def register_configs() -> None:
+    store = ConfigStore.instance()
+    store.store(name="config", node=Config)
+    for group, options in GROUPS.items():
+        for name, node in options.items():
+            store.store(group=group, name=name, node=node)

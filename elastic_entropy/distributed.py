@@ -1,0 +1,158 @@
+"""Process-group set-up from torchrun's or SLURM's environment: the one place a group is made.
+
+``init_distributed`` reads the ranks (torchrun: ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; ``srun``
+without torchrun: ``SLURM_PROCID``/``SLURM_STEP_NUM_TASKS``/``SLURM_LOCALID``), picks the device
+(``cuda:LOCAL_RANK`` when CUDA is there) and the backend (NCCL for CUDA, gloo for CPU), and sets an
+explicit timeout so that a dead peer ends the job instead of hanging it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import random
+import re
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from elastic_entropy.comm import Communicator, LocalCommunicator
+from elastic_entropy.comm.torch_dist import DistributedCommunicator
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str | None  # None when there is a single process and no process group
+
+    @property
+    def is_distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def _first_host(nodelist: str) -> str:
+    """First host of a SLURM node list such as ``node[01-04,07],gpu1`` (no scontrol needed)."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist)
+    if match is None:
+        raise ValueError(f"cannot read SLURM_NODELIST={nodelist!r}")
+    prefix, ranges = match.group(1), match.group(2)
+    if ranges is None:
+        return prefix
+    return prefix + ranges.split(",")[0].split("-")[0]
+
+
+def _ranks_from_env() -> tuple[int, int, int]:
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", "0"))
+    slurm_tasks = int(env.get("SLURM_STEP_NUM_TASKS", "1"))
+    if "SLURM_PROCID" in env and slurm_tasks > 1:
+        # srun started one task per process; rendezvous on the first node of the step
+        env.setdefault(
+            "MASTER_ADDR", _first_host(env.get("SLURM_STEP_NODELIST", env["SLURM_NODELIST"]))
+        )
+        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+        return int(env["SLURM_PROCID"]), slurm_tasks, int(env.get("SLURM_LOCALID", "0"))
+    return 0, 1, 0
+
+
+def _pick_device(device: str, local_rank: int) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                "cluster.device=cuda but CUDA is not available; use cluster.device=cpu"
+            )
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if device == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"Invalid cluster.device: {device!r} (choose auto, cpu or cuda)")
+
+
+def _pick_backend(backend: str, device: torch.device) -> str:
+    if backend == "auto":
+        return "nccl" if device.type == "cuda" else "gloo"
+    if backend not in ("gloo", "nccl"):
+        raise ValueError(f"Invalid cluster.backend: {backend!r} (choose auto, gloo or nccl)")
+    if backend == "nccl" and device.type != "cuda":
+        raise ValueError("cluster.backend=nccl needs CUDA devices; use gloo on CPUs")
+    return backend
+
+
+def init_distributed(
+    backend: str = "auto", device: str = "auto", timeout_s: float = 600.0
+) -> DistInfo:
+    """Join the job's process group (or stay alone when there is one process)."""
+    rank, world_size, local_rank = _ranks_from_env()
+    torch_device = _pick_device(device, local_rank)
+    if world_size == 1:
+        return DistInfo(0, 1, 0, torch_device, None)
+    chosen = _pick_backend(backend, torch_device)
+    if not dist.is_initialized():
+        kwargs: dict[str, Any] = {}
+        if chosen == "nccl":
+            kwargs["device_id"] = torch_device
+        dist.init_process_group(
+            backend=chosen,
+            init_method="env://",
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            **kwargs,
+        )
+    return DistInfo(rank, world_size, local_rank, torch_device, chosen)
+
+
+def make_communicator(info: DistInfo, replicas_per_process: int) -> Communicator:
+    if info.is_distributed:
+        return DistributedCommunicator(replicas_per_process)
+    return LocalCommunicator(replicas_per_process)
+
+
+def broadcast_object(obj: T, info: DistInfo) -> T:
+    """Rank 0's ``obj`` on every rank."""
+    if not info.is_distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def gather_objects(obj: T, info: DistInfo) -> list[T]:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not info.is_distributed:
+        return [obj]
+    out: list[Any] = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier(info: DistInfo) -> None:
+    if info.is_distributed:
+        dist.barrier()
+
+
+def teardown(info: DistInfo) -> None:
+    if info.is_distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def seed_everything(seed: int) -> None:
+    """The same seed on every rank: replicas start from one initialisation."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,458 @@
+"""The training loop: build the replicas, train, evaluate the reference, write the results.
+
+One code path serves every algorithm (no branch on its name) and every layout: one process or
+many, one replica per process or several. Replica ``a`` of process ``rank`` is the global replica
+``rank * replicas_per_process + a``; its data order, dropout masks and Langevin noise come from
+streams keyed by that index, so a job gives the same reference in any layout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from torch import Tensor, nn
+
+from elastic_entropy.config import Config
+from elastic_entropy.data import DataSplits, ReplicaSampler, load_dataset
+from elastic_entropy.distributed import (
+    DistInfo,
+    broadcast_object,
+    gather_objects,
+    init_distributed,
+    make_communicator,
+    seed_everything,
+    teardown,
+)
+from elastic_entropy.loggers import MetricsLogger, Progress
+from elastic_entropy.models import build_model
+from elastic_entropy.optim import SGD, ElasticSGD, EntropySGD, Parle, replica_param_groups
+from elastic_entropy.scoping import Schedule, papers_rate
+
+log = logging.getLogger(__name__)
+
+ALGORITHMS: dict[str, type[Parle]] = {
+    "parle": Parle,
+    "entropy_sgd": EntropySGD,
+    "elastic_sgd": ElasticSGD,
+    "sgd": SGD,
+}
+
+
+# ---------------------------------------------------------------------------------- building
+def build_optimizer(
+    cfg: Config, models: list[nn.Module], comm: Any, outer_steps_per_epoch: int
+) -> Parle:
+    """The optimizer named by ``algorithm.name``, its couplings scoped by ``scoping``."""
+    kwargs = cfg.algorithm.optimizer_kwargs()
+    for coupling in ("gamma", "rho"):
+        if coupling not in kwargs:
+            continue
+        rate = getattr(cfg.scoping, f"{coupling}_rate")
+        cap = getattr(cfg.scoping, f"{coupling}_max")
+        initial = kwargs.pop(coupling)
+        if cap < initial:
+            raise ValueError(
+                f"scoping.{coupling}_max={cap} is below algorithm.{coupling}={initial}; "
+                f"raise scoping.{coupling}_max or lower algorithm.{coupling}"
+            )
+        rate = papers_rate(outer_steps_per_epoch) if rate is None else rate
+        kwargs[f"{coupling}_schedule"] = Schedule(initial, rate, cap)
+    cls = ALGORITHMS[cfg.algorithm.name]
+    if cls in (Parle, EntropySGD):
+        kwargs["seed"] = cfg.seed
+    params = replica_param_groups(m.parameters() for m in models)
+    return cls(params, comm=comm, **kwargs)
+
+
+def _has_dropout(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
+
+
+class ReplicaRandomness:
+    """Per-replica state of torch's default generator (dropout masks), swapped in around each
+    replica's forward so that a replica's randomness does not depend on its neighbours."""
+
+    def __init__(self, seeds: list[int], device: torch.device, enabled: bool) -> None:
+        self.enabled = enabled
+        self.device = device
+        self.states: list[tuple[Tensor, Tensor | None]] = []
+        if not enabled:
+            return
+        with torch.random.fork_rng(devices=self._cuda_devices()):
+            for seed in seeds:
+                torch.manual_seed(seed)
+                self.states.append(self._get())
+
+    def _cuda_devices(self) -> list[int]:
+        return [self.device.index or 0] if self.device.type == "cuda" else []
+
+    def _get(self) -> tuple[Tensor, Tensor | None]:
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
+    def _set(self, state: tuple[Tensor, Tensor | None]) -> None:
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], self.device)
+
+    @contextlib.contextmanager
+    def use(self, replica: int) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        saved = self._get()
+        self._set(self.states[replica])
+        try:
+            yield
+        finally:
+            self.states[replica] = self._get()
+            self._set(saved)
+
+
+@dataclass
+class Plan:
+    """How long the run is, in minibatches per replica."""
+
+    steps_per_epoch: int
+    total_steps: int
+    eval_interval: int
+    outer_steps_per_epoch: int
+
+
+def make_plan(cfg: Config, num_train: int) -> Plan:
+    steps_per_epoch = max(1, num_train // cfg.data.batch_size)
+    num_inner = getattr(cfg.algorithm, "num_inner_steps", 0)
+    period = max(1, num_inner)
+    wanted = cfg.max_steps if cfg.max_steps is not None else math.ceil(cfg.epochs * steps_per_epoch)
+    # end on an outer-step boundary, where the live parameters are the anchors
+    total = math.ceil(wanted / period) * period
+    return Plan(
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        eval_interval=max(1, round(cfg.eval_every * steps_per_epoch)),
+        outer_steps_per_epoch=max(1, steps_per_epoch // period),
+    )
+
+
+# ---------------------------------------------------------------------------------- evaluation
+@torch.no_grad()
+def evaluate(model: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1024) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(y), batch_size):
+        out = model(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        loss_sum += nn.functional.cross_entropy(out, target, reduction="sum").item()
+        correct += (out.argmax(dim=1) == target).sum().item()
+    model.train(was_training)
+    return {"loss": loss_sum / len(y), "acc": correct / len(y)}
+
+
+@torch.no_grad()
+def recompute_batchnorm(model: nn.Module, x: Tensor, batch_size: int = 1024) -> None:
+    """The papers' dry feed: fresh BatchNorm statistics for averaged weights, dropout off."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = {}
+    for m in norms:
+        m.reset_running_stats()
+        momenta[m] = m.momentum
+        m.momentum = None  # a cumulative average over the whole pass
+    model.train()
+    for m in model.modules():
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.eval()
+    for start in range(0, len(x), batch_size):
+        model(x[start : start + batch_size])
+    for m, momentum in momenta.items():
+        m.momentum = momentum
+    model.eval()
+
+
+def load_reference(model: nn.Module, optimizer: Parle, train_x: Tensor) -> nn.Module:
+    """Copy the reference (a collective call) into ``model`` and refresh its BatchNorm."""
+    with torch.no_grad():
+        for p, ref in zip(model.parameters(), optimizer.reference()):
+            p.copy_(ref)
+    recompute_batchnorm(model, train_x)
+    return model
+
+
+# ---------------------------------------------------------------------------------- the run
+@dataclass
+class Run:
+    cfg: Config
+    info: DistInfo
+    run_dir: Path
+    data: DataSplits
+    models: list[nn.Module]
+    reference_model: nn.Module
+    optimizer: Parle
+    samplers: list[ReplicaSampler]
+    randomness: ReplicaRandomness
+    plan: Plan
+    metrics: MetricsLogger
+
+    @property
+    def replicas_per_process(self) -> int:
+        return len(self.models)
+
+
+def _prepare_run_dir(run_dir: Path, info: DistInfo) -> Path:
+    run_dir = Path(broadcast_object(str(run_dir), info))
+    if info.is_main:
+        if (run_dir / "results.json").exists():
+            raise ValueError(
+                f"run directory {run_dir} already holds a finished run (results.json); "
+                "choose another hydra.run.dir"
+            )
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            probe = run_dir / ".write-test"
+            probe.write_text("")
+            probe.unlink()
+        except OSError as error:
+            raise ValueError(
+                f"cannot write to the run directory {run_dir} ({error.strerror}); "
+                "choose a writable hydra.run.dir"
+            ) from error
+    return run_dir
+
+
+def build_run(cfg: Config, info: DistInfo, run_dir: Path) -> Run:
+    seed_everything(cfg.seed)
+    replicas = cfg.replicas_per_process
+    num_replicas = replicas * info.world_size
+    data = load_dataset(
+        cfg.data.name, cfg.data.root, cfg.data.seed, cfg.data.validation_fraction
+    ).to(info.device)
+    plan = make_plan(cfg, len(data.y_train))
+    # one initialisation (same seed on every rank) shared by every replica
+    first = build_model(
+        cfg.model.name, data.input_shape, data.num_classes, **cfg.model.model_kwargs()
+    )
+    first.to(info.device)
+    models = [first] + [copy.deepcopy(first) for _ in range(replicas - 1)]
+    reference_model = copy.deepcopy(first)
+    comm = make_communicator(info, replicas)
+    optimizer = build_optimizer(cfg, models, comm, plan.outer_steps_per_epoch)
+    offset = comm.replica_offset
+    samplers = [
+        ReplicaSampler(
+            len(data.y_train),
+            cfg.data.batch_size,
+            replica=offset + a,
+            num_replicas=num_replicas,
+            policy=cfg.data.policy,
+            seed=cfg.seed,
+        )
+        for a in range(replicas)
+    ]
+    randomness = ReplicaRandomness(
+        [cfg.seed * 1_000_003 + 17 + offset + a for a in range(replicas)],
+        info.device,
+        _has_dropout(first),
+    )
+    metrics = MetricsLogger(run_dir / "metrics.jsonl" if info.is_main else None)
+    return Run(
+        cfg,
+        info,
+        run_dir,
+        data,
+        models,
+        reference_model,
+        optimizer,
+        samplers,
+        randomness,
+        plan,
+        metrics,
+    )
+
+
+def train_step(run: Run) -> Tensor:
+    """One minibatch for every replica of this process, then one optimizer step."""
+    losses = []
+    for a, model in enumerate(run.models):
+        index = run.samplers[a].next()
+        with run.randomness.use(a):
+            loss = nn.functional.cross_entropy(
+                model(run.data.x_train[index]), run.data.y_train[index]
+            )
+        loss.backward()
+        losses.append(loss.detach())
+    run.optimizer.step()
+    run.optimizer.zero_grad()
+    return torch.stack(losses)
+
+
+def _dp_bytes(run: Run, steps: int) -> int:
+    """What data-parallel SGD sends per worker: the whole gradient every minibatch."""
+    opt = run.optimizer
+    element = next(iter(opt.param_groups))["params"][0].element_size()
+    return steps * opt.num_params_per_replica * element
+
+
+def checkpoint_record(run: Run, step: int, losses: Tensor, started: float) -> dict[str, Any]:
+    reference = evaluate(
+        load_reference(run.reference_model, run.optimizer, run.data.x_train),
+        run.data.x_test,
+        run.data.y_test,
+    )
+    losses_all = torch.cat(gather_objects(losses.cpu(), run.info))
+    elapsed = time.perf_counter() - started
+    opt = run.optimizer
+    record: dict[str, Any] = {
+        "step": step,
+        "epoch": step / run.plan.steps_per_epoch,
+        "outer_step": step // max(1, opt.num_inner_steps),
+        "train_loss": losses_all.mean().item(),
+        **{f"train_loss/replica_{a}": v for a, v in enumerate(losses_all.tolist())},
+        "reference/test_loss": reference["loss"],
+        "reference/test_acc": reference["acc"],
+        "gamma": opt.gamma_schedule.value,
+        "rho": opt.rho_schedule.value,
+        "lr": opt.param_groups[0]["lr"],
+        "bytes_per_replica": opt.comm.stats.bytes_per_replica,
+        "dp_bytes_per_replica": _dp_bytes(run, step),
+        "collectives": opt.comm.stats.num_collectives,
+        "elapsed_s": elapsed,
+        "samples_per_s": step * run.cfg.data.batch_size * opt.num_replicas / max(elapsed, 1e-9),
+    }
+    return record
+
+
+def fit(run: Run) -> float:
+    """Train for ``plan.total_steps`` minibatches per replica; returns the wall time."""
+    plan, info = run.plan, run.info
+    desc = f"{run.cfg.algorithm.name} x{run.optimizer.num_replicas}"
+    progress = Progress(plan.total_steps, 0, run.cfg.progress and info.is_main, desc)
+    started = time.perf_counter()
+    window: list[Tensor] = []
+    for step in range(1, plan.total_steps + 1):
+        window.append(train_step(run))
+        if step % plan.eval_interval == 0 or step == plan.total_steps:
+            losses = torch.stack(window).mean(dim=0)
+            window.clear()
+            record = checkpoint_record(run, step, losses, started)
+            run.metrics.log(record)
+            progress.update(1, loss=record["train_loss"], ref_acc=record["reference/test_acc"])
+        else:
+            progress.update(1)
+    progress.close()
+    return time.perf_counter() - started
+
+
+def finish(run: Run, wall_s: float) -> dict[str, Any]:
+    """Final evaluation of the reference and of every replica; results on rank 0."""
+    data, info = run.data, run.info
+    load_reference(run.reference_model, run.optimizer, data.x_train)
+    reference = {
+        "test": evaluate(run.reference_model, data.x_test, data.y_test),
+        "train": evaluate(run.reference_model, data.x_train, data.y_train),
+    }
+    local = [
+        (run.optimizer.comm.replica_offset + a, evaluate(m, data.x_test, data.y_test)["acc"])
+        for a, m in enumerate(run.models)
+    ]
+    replicas = [item for part in gather_objects(local, info) for item in part]
+    opt = run.optimizer
+    result = {
+        "algorithm": run.cfg.algorithm.name,
+        "model": run.cfg.model.name,
+        "data": run.cfg.data.name,
+        "num_replicas": opt.num_replicas,
+        "processes": info.world_size,
+        "replicas_per_process": run.replicas_per_process,
+        "steps_per_replica": run.plan.total_steps,
+        "epochs": run.plan.total_steps / run.plan.steps_per_epoch,
+        "wall_s": wall_s,
+        "reference": {
+            "test_acc": reference["test"]["acc"],
+            "test_loss": reference["test"]["loss"],
+            "train_acc": reference["train"]["acc"],
+            "train_loss": reference["train"]["loss"],
+        },
+        "replicas": [{"replica": a, "test_acc": acc} for a, acc in replicas],
+        "communication": {
+            "collectives": opt.comm.stats.num_collectives,
+            "bytes_per_replica": opt.comm.stats.bytes_per_replica,
+            "dp_sgd_bytes_per_replica": _dp_bytes(run, run.plan.total_steps),
+        },
+        "run_dir": str(run.run_dir),
+    }
+    if info.is_main:
+        torch.save(run.reference_model.state_dict(), run.run_dir / "reference.pt")
+        _write_json(run.run_dir / "results.json", result)
+    return result
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    ref, comm = result["reference"], result["communication"]
+    ratio = comm["bytes_per_replica"] / max(comm["dp_sgd_bytes_per_replica"], 1)
+    lines = [
+        f"{result['algorithm']} on {result['data']} ({result['model']}): "
+        f"{result['num_replicas']} replicas = {result['processes']} process(es) x "
+        f"{result['replicas_per_process']}, {result['steps_per_replica']} steps per replica "
+        f"({result['epochs']:.1f} epochs) in {result['wall_s']:.1f} s",
+        "",
+        f"  {'model':<14}{'test acc':>10}",
+        f"  {'reference':<14}{ref['test_acc']:>10.4f}   (train acc {ref['train_acc']:.4f})",
+    ]
+    lines += [
+        f"  {'replica ' + str(r['replica']):<14}{r['test_acc']:>10.4f}" for r in result["replicas"]
+    ]
+    lines += [
+        "",
+        f"  communicated per replica: {_mb(comm['bytes_per_replica'])} in {comm['collectives']} "
+        f"all-reduces; data-parallel SGD would send {_mb(comm['dp_sgd_bytes_per_replica'])} "
+        f"(ratio {ratio:.3f})",
+        f"  run directory: {result['run_dir']}",
+    ]
+    return "\n".join(lines)
+
+
+def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
+    """Set up the processes, train, evaluate, write the run directory, tear down."""
+    info = init_distributed(cfg.cluster.backend, cfg.cluster.device, cfg.cluster.timeout_s)
+    try:
+        run_dir = _prepare_run_dir(run_dir, info)
+        if info.is_main:
+            resolved = OmegaConf.create(asdict(cfg))
+            resolved.replicas_per_process = cfg.replicas_per_process
+            resolved.processes = info.world_size
+            OmegaConf.save(resolved, run_dir / "config.yaml")
+        run = build_run(cfg, info, run_dir)
+        try:
+            wall_s = fit(run)
+            result = finish(run, wall_s)
+        finally:
+            run.metrics.close()
+        if info.is_main:
+            print(format_table(result), flush=True)
+        return result
+    finally:
+        teardown(info)
