@@ -43,7 +43,7 @@ class Schedule:
         log_value = math.log(self.initial) + self.t * math.log1p(self.rate)
         if log_value >= math.log(self.max_value):
             return self.max_value
-        return math.exp(log_value)
+        return math.exp(log_value) if log_value < 709.0 else math.inf  # exp overflows past 709
 
     @property
     def upper_bound(self) -> float:

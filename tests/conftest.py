@@ -1,0 +1,71 @@
+"""Shared test helpers: free ports, running the CLI as a user does."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("RANK", None)
+    env.pop("WORLD_SIZE", None)
+    env.setdefault("OMP_NUM_THREADS", "1")
+    env["WANDB_MODE"] = "offline"
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_cli(
+    args: list[str], cwd: Path, timeout: float = 240, **kwargs
+) -> subprocess.CompletedProcess:
+    """``elastic-entropy ARGS`` in ``cwd``, as a user types it."""
+    return subprocess.run(
+        ["elastic-entropy", *args],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+def run_torchrun(
+    nproc: int, args: list[str], cwd: Path, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc-per-node={nproc}",
+            "-m",
+            "elastic_entropy.train",
+            *args,
+        ],
+        cwd=cwd,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.fixture
+def port() -> int:
+    return free_port()
