@@ -155,9 +155,9 @@ def _splits(
 ) -> DataSplits:
     return DataSplits(
         x_train=torch.as_tensor(np.ascontiguousarray(x_train), dtype=torch.float32),
-        y_train=torch.as_tensor(np.asarray(y_train), dtype=torch.long),
+        y_train=torch.as_tensor(np.array(y_train), dtype=torch.long),
         x_test=torch.as_tensor(np.ascontiguousarray(x_test), dtype=torch.float32),
-        y_test=torch.as_tensor(np.asarray(y_test), dtype=torch.long),
+        y_test=torch.as_tensor(np.array(y_test), dtype=torch.long),
         num_classes=num_classes,
         input_shape=input_shape,
     )

@@ -11,7 +11,7 @@ from elastic_entropy.optim import EntropySGD
 
 
 def test_inner_average_on_a_quadratic_matches_the_gibbs_mean() -> None:
-    """f(y) = a y^2 / 2: <y> = gamma x / (gamma + a) = x / (1 + a t), t = 1/gamma, at any temperature.
+    """f = a y^2 / 2: <y> = gamma x / (gamma + a) = x / (1 + a t), t = 1/gamma, any temperature.
 
     The inner loop is Langevin dynamics on H(y) = f(y) + gamma (y - x)^2 / 2 (curvature
     k = a + gamma). For a quadratic the Euler-Maruyama chain's stationary mean is exactly the
