@@ -71,7 +71,7 @@ def test_bad_values_are_named(override: str, message: str) -> None:
 def test_unknown_group_option_and_key() -> None:
     with pytest.raises(ConfigCompositionException, match="algorithm/adam"):
         _config("algorithm=adam")
-    with pytest.raises(ConfigCompositionException, match="algorithm.lrr"):
+    with pytest.raises(ConfigCompositionException, match=r"algorithm\.lrr"):
         _config("algorithm.lrr=1")
 
 

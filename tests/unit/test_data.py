@@ -96,5 +96,5 @@ def test_sampler_state_round_trip_and_too_small_shards() -> None:
     t = ReplicaSampler(50, 8, replica=1, num_replicas=2, seed=1)
     t.load_state_dict(s.state_dict())
     assert all(torch.equal(s.next(), t.next()) for _ in range(20))
-    with pytest.raises(ValueError, match="fewer than data.batch_size=64"):
+    with pytest.raises(ValueError, match=r"fewer than data\.batch_size=64"):
         ReplicaSampler(100, 64, replica=0, num_replicas=4, policy="shard")
