@@ -243,6 +243,14 @@ class Config:
             "_self_",
         ]
     )
+    # Hydra's own settings: microseconds in the run directory so that two runs never share one
+    hydra: Any = field(
+        default_factory=lambda: {
+            "run": {"dir": "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"},
+            "sweep": {"dir": "multirun/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"},
+            "help": {"app_name": "elastic-entropy"},
+        }
+    )
     algorithm: Any = MISSING  # Any: each option keeps its own dataclass
     model: Any = MISSING
     data: DataConfig = MISSING

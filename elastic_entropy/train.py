@@ -69,11 +69,18 @@ def _rank_overrides() -> list[str]:
     ]
 
 
+def _with_overrides(argv: list[str], extra: list[str]) -> list[str]:
+    """Add overrides next to the user's own: argparse wants Hydra's overrides in one run."""
+    positions = [
+        i for i, arg in enumerate(argv) if i > 0 and "=" in arg and not arg.startswith("-")
+    ]
+    at = positions[-1] + 1 if positions else len(argv)
+    return [*argv[:at], *extra, *argv[at:]]
+
+
 def main() -> None:
     register_configs()
-    has_run_dir = any(arg.startswith("hydra.run.dir=") for arg in sys.argv[1:])
-    defaults = [] if has_run_dir else ["hydra.run.dir=outputs/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"]
-    sys.argv = [sys.argv[0], *defaults, *sys.argv[1:], *_rank_overrides()]
+    sys.argv = _with_overrides(sys.argv, _rank_overrides())
     _app()
 
 

@@ -441,7 +441,8 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     try:
         run_dir = _prepare_run_dir(run_dir, info)
         if info.is_main:
-            resolved = OmegaConf.create(asdict(cfg))
+            plain = {k: v for k, v in asdict(cfg).items() if k not in ("defaults", "hydra")}
+            resolved = OmegaConf.create(plain)
             resolved.replicas_per_process = cfg.replicas_per_process
             resolved.processes = info.world_size
             OmegaConf.save(resolved, run_dir / "config.yaml")

@@ -1,0 +1,60 @@
+"""Four replicas as 1x4, 2x2 and 4x1 processes: the same reference (torchrun, gloo, CPU)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tests.conftest import run_cli, run_torchrun
+
+# dropout, Langevin noise and shards: every per-replica random stream is exercised
+ARGS = [
+    "max_steps=20",
+    "algorithm.num_inner_steps=5",
+    "algorithm.noise=0.001",
+    "model.dropout=0.1",
+    "data.policy=shard",
+    "eval_every=100",
+    "progress=false",
+    "seed=3",
+]
+
+
+def _reference(run_dir: Path) -> dict[str, torch.Tensor]:
+    return torch.load(run_dir / "reference.pt", weights_only=True)
+
+
+def test_same_reference_in_every_layout(tmp_path: Path) -> None:
+    runs = {}
+    one = run_cli(
+        [*ARGS, "cluster.replicas_per_process=4", f"hydra.run.dir={tmp_path / '1x4'}"], tmp_path
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    runs["1x4"] = tmp_path / "1x4"
+    for nproc, per in ((2, 2), (4, 1)):
+        name = f"{nproc}x{per}"
+        done = run_torchrun(
+            nproc,
+            [*ARGS, f"cluster.replicas_per_process={per}", f"hydra.run.dir={tmp_path / name}"],
+            tmp_path,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[name] = tmp_path / name
+    base = _reference(runs["1x4"])
+    for name in ("2x2", "4x1"):
+        other = _reference(runs[name])
+        assert base.keys() == other.keys()
+        for key in base:
+            torch.testing.assert_close(
+                other[key], base[key], rtol=1e-4, atol=1e-5, msg=f"{name} {key}"
+            )
+        result = json.loads((runs[name] / "results.json").read_text())
+        assert result["num_replicas"] == 4 and result["processes"] == int(name[0])
+        assert [r["replica"] for r in result["replicas"]] == [0, 1, 2, 3]
+    # the replicas themselves differ (they are not four copies of one run)
+    accs = {
+        r["test_acc"] for r in json.loads((runs["1x4"] / "results.json").read_text())["replicas"]
+    }
+    assert len(accs) > 1
