@@ -231,6 +231,19 @@ class ClusterConfig:
         _require(self.timeout_s > 0, "cluster.timeout_s", self.timeout_s, "must be > 0")
 
 
+HELP_HEADER = """elastic-entropy: train with Parle (Entropy-SGD replicas elastically coupled to
+their average), Entropy-SGD, Elastic-SGD or SGD. Every run writes metrics.jsonl, config.yaml,
+results.json and reference.pt to its run directory (outputs/DATE/TIME).
+
+  elastic-entropy                                  Parle, 4 replicas, MNIST-1D (the default job)
+  elastic-entropy algorithm=sgd                    the baseline on the same machinery
+  elastic-entropy algorithm.num_inner_steps=5 algorithm.rho=0.5 data=digits model=mlp
+  torchrun --standalone --nproc-per-node=2 -m elastic_entropy.train cluster.replicas_per_process=2
+"""
+HELP_FOOTER = """Use --cfg job to print the composed config, --help for this text.
+Couplings are strengths: Deep Relaxation's variance is 1/gamma."""
+
+
 @dataclass
 class Config:
     defaults: list[Any] = field(
@@ -248,7 +261,7 @@ class Config:
         default_factory=lambda: {
             "run": {"dir": "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"},
             "sweep": {"dir": "multirun/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"},
-            "help": {"app_name": "elastic-entropy"},
+            "help": {"app_name": "elastic-entropy", "header": HELP_HEADER, "footer": HELP_FOOTER},
         }
     )
     algorithm: Any = MISSING  # Any: each option keeps its own dataclass

@@ -1,4 +1,4 @@
-"""Real processes, gloo, a free port, a timeout: the distributed communicator and Parle across it."""
+"""Real processes, gloo, a free port, a timeout: the distributed communicator, and Parle on it."""
 
 from __future__ import annotations
 
