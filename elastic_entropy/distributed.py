@@ -146,8 +146,12 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def teardown(info: DistInfo) -> None:
+def teardown(info: DistInfo, *, is_clean: bool = True) -> None:
     if info.is_distributed and dist.is_initialized():
+        if is_clean:
+            # gloo aborts a process whose peer closes its sockets while it still tears down:
+            # leave together, then destroy (after an error a peer may never arrive: skip it)
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -212,25 +212,33 @@ class Run:
         return len(self.models)
 
 
+def _check_run_dir(run_dir: Path) -> str | None:
+    """Why ``run_dir`` cannot take this run, or None."""
+    if (run_dir / "results.json").exists():
+        return (
+            f"run directory {run_dir} already holds a finished run (results.json); "
+            "choose another hydra.run.dir"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        return (
+            f"cannot write to the run directory {run_dir} ({error.strerror}); "
+            "choose a writable hydra.run.dir"
+        )
+    return None
+
+
 def _prepare_run_dir(run_dir: Path, info: DistInfo) -> Path:
-    run_dir = Path(broadcast_object(str(run_dir), info))
-    if info.is_main:
-        if (run_dir / "results.json").exists():
-            raise ValueError(
-                f"run directory {run_dir} already holds a finished run (results.json); "
-                "choose another hydra.run.dir"
-            )
-        try:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            probe = run_dir / ".write-test"
-            probe.write_text("")
-            probe.unlink()
-        except OSError as error:
-            raise ValueError(
-                f"cannot write to the run directory {run_dir} ({error.strerror}); "
-                "choose a writable hydra.run.dir"
-            ) from error
-    return run_dir
+    """Rank 0 decides and checks the run directory; every rank gets its path or its error."""
+    problem = _check_run_dir(run_dir) if info.is_main else None
+    run_dir_name, problem = broadcast_object((str(run_dir), problem), info)
+    if problem is not None:
+        raise ValueError(problem)
+    return Path(run_dir_name)
 
 
 def build_run(cfg: Config, info: DistInfo, run_dir: Path) -> Run:
@@ -454,6 +462,8 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
             run.metrics.close()
         if info.is_main:
             print(format_table(result), flush=True)
-        return result
-    finally:
-        teardown(info)
+    except BaseException:
+        teardown(info, is_clean=False)
+        raise
+    teardown(info)
+    return result
