@@ -231,6 +231,22 @@ class ClusterConfig:
         _require(self.timeout_s > 0, "cluster.timeout_s", self.timeout_s, "must be > 0")
 
 
+@dataclass
+class CheckpointConfig:
+    every_outer_steps: int = 25  # also at the end, and on SIGTERM / SIGUSR1
+    keep_last: int = 3
+    resume: bool = True  # resume from the run directory's newest checkpoint when there is one
+
+    def __post_init__(self) -> None:
+        _require(
+            self.every_outer_steps >= 1,
+            "checkpoint.every_outer_steps",
+            self.every_outer_steps,
+            "must be >= 1",
+        )
+        _require(self.keep_last >= 1, "checkpoint.keep_last", self.keep_last, "must be >= 1")
+
+
 HELP_HEADER = """elastic-entropy: train with Parle (Entropy-SGD replicas elastically coupled to
 their average), Entropy-SGD, Elastic-SGD or SGD. Every run writes metrics.jsonl, config.yaml,
 results.json and reference.pt to its run directory (outputs/DATE/TIME).
@@ -269,6 +285,7 @@ class Config:
     data: DataConfig = MISSING
     scoping: ScopingConfig = MISSING
     cluster: ClusterConfig = MISSING
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     seed: int = 0
     epochs: float = 20.0  # minibatches per replica = epochs x (training set / batch size)
     max_steps: int | None = None  # when set, replaces epochs (minibatches per replica)

@@ -141,6 +141,13 @@ def gather_objects(obj: T, info: DistInfo) -> list[T]:
     return out
 
 
+def any_rank(flag: torch.Tensor, info: DistInfo) -> bool:
+    """True when ``flag`` is non-zero on any rank (a one-element all-reduce)."""
+    if info.is_distributed:
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
+
+
 def barrier(info: DistInfo) -> None:
     if info.is_distributed:
         dist.barrier()

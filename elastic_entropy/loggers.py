@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,24 @@ class MetricsLogger:
             return
         self._file.write(json.dumps({k: _jsonable(v) for k, v in record.items()}) + "\n")
         self._file.flush()
+
+    def truncate_after(self, step: int) -> None:
+        """Drop records past ``step`` (logged by an attempt that died before its checkpoint)."""
+        if self.path is None or self._file is None:
+            return
+        self._file.close()
+        kept = []
+        for line in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue  # a line cut off by a kill
+            if record.get("step", 0) <= step:
+                kept.append(line)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, self.path)
+        self._file = self.path.open("a", encoding="utf-8")
 
     def close(self) -> None:
         if self._file is not None:

@@ -25,6 +25,7 @@ from elastic_entropy.data import DataNotFoundError
 # user mistakes get one line and exit code 2; ELASTIC_ENTROPY_DEBUG=1 shows the traceback
 USER_ERRORS = (ValueError, DataNotFoundError, PermissionError, OmegaConfBaseException)
 EXIT_USAGE = 2
+EXIT_DIVERGED = 3
 
 
 def _fail(message: str) -> None:
@@ -45,11 +46,22 @@ def _to_config(cfg: DictConfig) -> Config:
 
 @hydra.main(version_base="1.3", config_path=None, config_name="config")
 def _app(cfg: DictConfig) -> None:
-    from elastic_entropy.trainer import train  # torch is imported after argument parsing
+    from elastic_entropy.optim import DivergedError
+    from elastic_entropy.trainer import (
+        EXIT_PREEMPTED,
+        Preempted,
+        train,  # torch is imported after argument parsing
+    )
 
     try:
         config = _to_config(cfg)
         train(config, Path(HydraConfig.get().runtime.output_dir))
+    except Preempted as stop:
+        print(f"elastic-entropy: {stop}; rerun the same command to resume", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
+    except DivergedError as error:
+        print(f"elastic-entropy: diverged: {error}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_DIVERGED)
     except USER_ERRORS as error:
         if os.environ.get("ELASTIC_ENTROPY_DEBUG"):
             raise

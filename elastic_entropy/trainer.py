@@ -14,9 +14,11 @@ import json
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +26,13 @@ import torch
 from omegaconf import OmegaConf
 from torch import Tensor, nn
 
+from elastic_entropy import checkpoint
 from elastic_entropy.config import Config
 from elastic_entropy.data import DataSplits, ReplicaSampler, load_dataset
 from elastic_entropy.distributed import (
     DistInfo,
+    any_rank,
+    barrier,
     broadcast_object,
     gather_objects,
     init_distributed,
@@ -106,6 +111,14 @@ class ReplicaRandomness:
         torch.set_rng_state(state[0])
         if state[1] is not None:
             torch.cuda.set_rng_state(state[1], self.device)
+
+    def state_dict(self) -> list[list[Tensor | None]]:
+        return [list(state) for state in self.states]
+
+    def load_state_dict(self, states: list[list[Tensor | None]]) -> None:
+        if len(states) != len(self.states):
+            raise ValueError("replica randomness saved for another number of replicas")
+        self.states = [(cpu, cuda) for cpu, cuda in states]
 
     @contextlib.contextmanager
     def use(self, replica: int) -> Iterator[None]:
@@ -314,16 +327,16 @@ def _dp_bytes(run: Run, steps: int) -> int:
     return steps * opt.num_params_per_replica * element
 
 
-def checkpoint_record(run: Run, step: int, losses: Tensor, started: float) -> dict[str, Any]:
+def eval_record(run: Run, step: int, losses: Tensor, wall_s: float) -> dict[str, Any]:
+    """One line of metrics.jsonl: the reference evaluated (a collective), replica losses."""
     reference = evaluate(
         load_reference(run.reference_model, run.optimizer, run.data.x_train),
         run.data.x_test,
         run.data.y_test,
     )
     losses_all = torch.cat(gather_objects(losses.cpu(), run.info))
-    elapsed = time.perf_counter() - started
     opt = run.optimizer
-    record: dict[str, Any] = {
+    return {
         "step": step,
         "epoch": step / run.plan.steps_per_epoch,
         "outer_step": step // max(1, opt.num_inner_steps),
@@ -337,29 +350,242 @@ def checkpoint_record(run: Run, step: int, losses: Tensor, started: float) -> di
         "bytes_per_replica": opt.comm.stats.bytes_per_replica,
         "dp_bytes_per_replica": _dp_bytes(run, step),
         "collectives": opt.comm.stats.num_collectives,
-        "elapsed_s": elapsed,
-        "samples_per_s": step * run.cfg.data.batch_size * opt.num_replicas / max(elapsed, 1e-9),
+        "elapsed_s": wall_s,
+        "samples_per_s": step * run.cfg.data.batch_size * opt.num_replicas / max(wall_s, 1e-9),
     }
-    return record
 
 
-def fit(run: Run) -> float:
-    """Train for ``plan.total_steps`` minibatches per replica; returns the wall time."""
-    plan, info = run.plan, run.info
-    desc = f"{run.cfg.algorithm.name} x{run.optimizer.num_replicas}"
-    progress = Progress(plan.total_steps, 0, run.cfg.progress and info.is_main, desc)
-    started = time.perf_counter()
-    window: list[Tensor] = []
-    for step in range(1, plan.total_steps + 1):
-        window.append(train_step(run))
-        if step % plan.eval_interval == 0 or step == plan.total_steps:
-            losses = torch.stack(window).mean(dim=0)
-            window.clear()
-            record = checkpoint_record(run, step, losses, started)
-            run.metrics.log(record)
-            progress.update(1, loss=record["train_loss"], ref_acc=record["reference/test_acc"])
+# ---------------------------------------------------------------------------------- checkpoints
+@dataclass
+class Progressed:
+    """Where the loop is: what a checkpoint needs beyond the modules and the optimizer."""
+
+    step: int = 0
+    wall_s: float = 0.0  # training time before this process started (earlier attempts)
+    window: list[Tensor] = field(default_factory=list)  # replica losses since the last eval
+
+
+def _plain_config(cfg: Config) -> dict[str, Any]:
+    return {k: v for k, v in asdict(cfg).items() if k not in ("defaults", "hydra")}
+
+
+# keys that may change between an interrupted run and its resumption
+_RESUMABLE_CHANGES = (
+    "epochs",
+    "max_steps",
+    "progress",
+    "eval_every",
+    "checkpoint",
+    "cluster.timeout_s",
+)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
         else:
-            progress.update(1)
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    old, new = _flatten(saved), _flatten(current)
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if any(key == k or key.startswith(k + ".") for k in _RESUMABLE_CHANGES):
+            continue
+        if old.get(key) != new.get(key):
+            changes.append(f"{key}={old.get(key)!r} there, {new.get(key)!r} here")
+    return changes
+
+
+def capture(run: Run, progressed: Progressed, wall_s: float) -> dict[str, Any]:
+    opt = run.optimizer
+    return {
+        "format": checkpoint.FORMAT,
+        "step": progressed.step,
+        "rank": run.info.rank,
+        "world_size": run.info.world_size,
+        "replicas_per_process": run.replicas_per_process,
+        "config": _plain_config(run.cfg),
+        "models": [m.state_dict() for m in run.models],
+        "optimizer": opt.state_dict(),
+        "samplers": [s.state_dict() for s in run.samplers],
+        "randomness": run.randomness.state_dict(),
+        "rng": checkpoint.rng_state(),
+        "comm": {
+            "num_collectives": opt.comm.stats.num_collectives,
+            "bytes_per_replica": opt.comm.stats.bytes_per_replica,
+        },
+        "window": [t.cpu() for t in progressed.window],
+        "wall_s": wall_s,
+    }
+
+
+def save_checkpoint(run: Run, progressed: Progressed, wall_s: float) -> Path:
+    """Every rank writes its file; rank 0 writes the manifest last, then prunes old ones."""
+    directory = checkpoint.step_dir(run.run_dir, progressed.step)
+    digest = checkpoint.save_rank(capture(run, progressed, wall_s), directory, run.info.rank)
+    digests = gather_objects(digest, run.info)
+    if run.info.is_main:
+        checkpoint.write_manifest(
+            directory,
+            {
+                "step": progressed.step,
+                "world_size": run.info.world_size,
+                "replicas_per_process": run.replicas_per_process,
+                "sha256": digests,
+            },
+        )
+        checkpoint.prune(run.run_dir, run.cfg.checkpoint.keep_last)
+    barrier(run.info)
+    return directory
+
+
+def _check_compatible(
+    run: Run, found: checkpoint.Found, saved_config: dict[str, Any]
+) -> str | None:
+    manifest = found.manifest
+    layout = (manifest["world_size"], manifest["replicas_per_process"])
+    here = (run.info.world_size, run.replicas_per_process)
+    if layout != here:
+        return (
+            f"checkpoint {found.path} holds {layout[0] * layout[1]} replicas as {layout[0]} "
+            f"process(es) x {layout[1]}, but this run has {here[0]} x {here[1]}; resume with the "
+            "same torchrun --nproc-per-node and cluster.replicas_per_process, or choose another "
+            "hydra.run.dir"
+        )
+    changes = _config_changes(saved_config, _plain_config(run.cfg))
+    if changes:
+        return (
+            f"checkpoint {found.path} was made with another config ({'; '.join(changes[:4])}); "
+            "resume with the same settings or choose another hydra.run.dir"
+        )
+    return None
+
+
+def restore(run: Run) -> Progressed:
+    """Resume from the run directory's newest checkpoint, if any (rank 0 decides for all)."""
+    found = checkpoint.find_latest(run.run_dir) if run.info.is_main else None
+    problem = None
+    if found is not None:
+        problem = _check_compatible(run, found, checkpoint.load_rank(found, 0)["config"])
+    found, problem = broadcast_object((found, problem), run.info)
+    if problem is not None:
+        raise checkpoint.CheckpointError(problem)
+    if found is None:
+        return Progressed()
+    state = checkpoint.load_rank(found, run.info.rank)
+    try:
+        for model, saved in zip(run.models, state["models"]):
+            model.load_state_dict(saved)
+        run.optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError) as error:
+        raise checkpoint.CheckpointError(
+            f"checkpoint {found.path} does not fit this model ({str(error).splitlines()[0]}); "
+            "choose another hydra.run.dir"
+        ) from error
+    for sampler, saved in zip(run.samplers, state["samplers"]):
+        sampler.load_state_dict(saved)
+    run.randomness.load_state_dict(state["randomness"])
+    checkpoint.set_rng_state(state["rng"])
+    run.optimizer.comm.stats.num_collectives = state["comm"]["num_collectives"]
+    run.optimizer.comm.stats.bytes_per_replica = state["comm"]["bytes_per_replica"]
+    progressed = Progressed(
+        step=state["step"],
+        wall_s=state["wall_s"],
+        window=[t.to(run.info.device) for t in state["window"]],
+    )
+    if run.info.is_main:
+        for reason in found.skipped:
+            log.warning("skipped checkpoint %s", reason)
+        run.metrics.truncate_after(progressed.step)
+        run.metrics.log({"event": "resume", "step": progressed.step, "checkpoint": str(found.path)})
+        print(f"resumed from step {progressed.step} ({found.path})", flush=True)
+    return progressed
+
+
+class StopSignals:
+    """SIGTERM / SIGUSR1 (preemption, the scheduler's warning) ask for a checkpoint and exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in self.SIGNALS:
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Preempted(Exception):
+    """Raised after the checkpoint is written, to exit with EXIT_PREEMPTED."""
+
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: torchrun restarts it, the sbatch script requeues it
+
+
+def _should_stop(run: Run, stop: StopSignals) -> bool:
+    """Any rank signalled? One tiny all-reduce, polled only at outer-step boundaries."""
+    flag = torch.tensor([1.0 if stop.received is not None else 0.0], device=run.info.device)
+    return any_rank(flag, run.info)
+
+
+def _log_quarantine(run: Run) -> None:
+    events = run.optimizer.quarantine_events
+    if not events:
+        return
+    for event in events:
+        run.metrics.log({"event": "quarantine", **event})
+        if run.info.is_main:
+            log.warning(
+                "replica %d diverged (non-finite parameters) at step %d: left out of the mean "
+                "and reset to the reference",
+                event["replica"],
+                event["step"],
+            )
+    events.clear()
+
+
+def fit(run: Run, stop: StopSignals) -> float:
+    """Train to ``plan.total_steps`` minibatches per replica; returns the training time."""
+    plan, info, cfg = run.plan, run.info, run.cfg
+    progressed = restore(run) if cfg.checkpoint.resume else Progressed()
+    period = max(1, run.optimizer.num_inner_steps)
+    checkpoint_every = cfg.checkpoint.every_outer_steps * period
+    desc = f"{cfg.algorithm.name} x{run.optimizer.num_replicas}"
+    progress = Progress(plan.total_steps, progressed.step, cfg.progress and info.is_main, desc)
+    started = time.perf_counter() - progressed.wall_s
+    for step in range(progressed.step + 1, plan.total_steps + 1):
+        progressed.window.append(train_step(run))
+        progressed.step = step
+        _log_quarantine(run)
+        postfix = {}
+        if step % plan.eval_interval == 0 or step == plan.total_steps:
+            losses = torch.stack(progressed.window).mean(dim=0)
+            progressed.window.clear()
+            record = eval_record(run, step, losses, time.perf_counter() - started)
+            run.metrics.log(record)
+            postfix = {"loss": record["train_loss"], "ref_acc": record["reference/test_acc"]}
+        progress.update(1, **postfix)
+        if step % period == 0 and _should_stop(run, stop):
+            save_checkpoint(run, progressed, time.perf_counter() - started)
+            progress.close()
+            raise Preempted(f"stopped by signal at step {step}; checkpoint written")
+        if step % checkpoint_every == 0 or step == plan.total_steps:
+            save_checkpoint(run, progressed, time.perf_counter() - started)
     progress.close()
     return time.perf_counter() - started
 
@@ -449,14 +675,14 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
     try:
         run_dir = _prepare_run_dir(run_dir, info)
         if info.is_main:
-            plain = {k: v for k, v in asdict(cfg).items() if k not in ("defaults", "hydra")}
-            resolved = OmegaConf.create(plain)
+            resolved = OmegaConf.create(_plain_config(cfg))
             resolved.replicas_per_process = cfg.replicas_per_process
             resolved.processes = info.world_size
             OmegaConf.save(resolved, run_dir / "config.yaml")
         run = build_run(cfg, info, run_dir)
         try:
-            wall_s = fit(run)
+            with StopSignals() as stop:
+                wall_s = fit(run, stop)
             result = finish(run, wall_s)
         finally:
             run.metrics.close()

@@ -8,7 +8,7 @@ the rows (in the process), then across processes with one all-reduce of one ``N`
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 
@@ -25,13 +25,36 @@ class CommStats:
     num_collectives: int = 0
     bytes_per_replica: int = 0
 
-    def record(self, buf: torch.Tensor) -> None:
+    def record(self, buf: torch.Tensor, extra_elements: int = 0) -> None:
         self.num_collectives += 1
-        self.bytes_per_replica += buf[0].numel() * buf.element_size()
+        self.bytes_per_replica += (buf[0].numel() + extra_elements) * buf.element_size()
 
 
 class Pending(Protocol):
     def wait(self) -> torch.Tensor: ...
+
+
+class PendingMasked(Protocol):
+    def wait(self) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def pack_masked(
+    buf: torch.Tensor, valid: torch.Tensor, offset: int, num_replicas: int
+) -> torch.Tensor:
+    """``[sum of the valid rows, one flag per replica of the job]`` in one flat buffer.
+
+    Invalid rows (non-finite parameters) are left out of the sum rather than multiplied by zero,
+    since NaN * 0 is NaN. The flags tell every process which replicas of the job were kept.
+    """
+    total = buf.sum(dim=0) if bool(valid.all()) else buf[valid].sum(dim=0)
+    flags = torch.zeros(num_replicas, dtype=buf.dtype, device=buf.device)
+    flags[offset : offset + buf.shape[0]] = valid.to(buf.dtype)
+    return torch.cat([total, flags])
+
+
+def unpack_masked(packed: torch.Tensor, num_replicas: int) -> tuple[torch.Tensor, torch.Tensor]:
+    total, flags = packed[:-num_replicas], packed[-num_replicas:] > 0.5
+    return total.div_(max(int(flags.sum()), 1)), flags
 
 
 @runtime_checkable
@@ -59,12 +82,16 @@ class Communicator(Protocol):
         """The mean over all replicas, an ``N``-long tensor."""
         ...
 
+    def masked_mean_async(self, buf: torch.Tensor, valid: torch.Tensor) -> PendingMasked:
+        """Mean over the replicas whose ``valid`` flag is set, and every replica's flag."""
+        ...
+
 
 class _Done:
-    def __init__(self, value: torch.Tensor) -> None:
+    def __init__(self, value: Any) -> None:
         self._value = value
 
-    def wait(self) -> torch.Tensor:
+    def wait(self) -> Any:
         return self._value
 
 
@@ -108,6 +135,13 @@ class LocalCommunicator:
         self.stats.record(buf)
         # sum then divide, the same arithmetic as the all-reduce across processes
         return buf.sum(dim=0).div_(self.replicas_per_process)
+
+    def masked_mean_async(self, buf: torch.Tensor, valid: torch.Tensor) -> PendingMasked:
+        check_stacked(buf, self.replicas_per_process)
+        if self.replicas_per_process > 1:
+            self.stats.record(buf, extra_elements=self.replicas_per_process)
+        packed = pack_masked(buf, valid, 0, self.replicas_per_process)
+        return _Done(unpack_masked(packed, self.replicas_per_process))
 
     def __repr__(self) -> str:
         return f"LocalCommunicator(replicas_per_process={self.replicas_per_process})"

@@ -5,7 +5,14 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from elastic_entropy.comm.base import CommStats, Pending, check_stacked
+from elastic_entropy.comm.base import (
+    CommStats,
+    Pending,
+    PendingMasked,
+    check_stacked,
+    pack_masked,
+    unpack_masked,
+)
 
 
 class _AllReduce:
@@ -19,6 +26,19 @@ class _AllReduce:
             self._work.wait()
             self._work = None
         return self._total.div_(self._num_replicas)
+
+
+class _MaskedAllReduce:
+    def __init__(self, work: dist.Work | None, packed: torch.Tensor, num_replicas: int) -> None:
+        self._work = work
+        self._packed = packed
+        self._num_replicas = num_replicas
+
+    def wait(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._work is not None:
+            self._work.wait()
+            self._work = None
+        return unpack_masked(self._packed, self._num_replicas)
 
 
 class DistributedCommunicator:
@@ -65,6 +85,16 @@ class DistributedCommunicator:
 
     def mean(self, buf: torch.Tensor) -> torch.Tensor:
         return self.mean_async(buf).wait()
+
+    def masked_mean_async(self, buf: torch.Tensor, valid: torch.Tensor) -> PendingMasked:
+        check_stacked(buf, self.replicas_per_process)
+        packed = pack_masked(buf, valid, self.replica_offset, self.num_replicas)
+        if self.num_replicas > 1:
+            self.stats.record(buf, extra_elements=self.num_replicas)
+        work = None
+        if self.world_size > 1:
+            work = dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
+        return _MaskedAllReduce(work, packed, self.num_replicas)
 
     def __repr__(self) -> str:
         return (

@@ -2,7 +2,7 @@
 
 from elastic_entropy.optim.elastic_sgd import ElasticSGD
 from elastic_entropy.optim.entropy_sgd import EntropySGD
-from elastic_entropy.optim.parle import Parle, replica_param_groups
+from elastic_entropy.optim.parle import DivergedError, Parle, replica_param_groups
 from elastic_entropy.optim.sgd import SGD
 
-__all__ = ["SGD", "ElasticSGD", "EntropySGD", "Parle", "replica_param_groups"]
+__all__ = ["SGD", "DivergedError", "ElasticSGD", "EntropySGD", "Parle", "replica_param_groups"]

@@ -42,6 +42,10 @@ class _Segment:
     end: int
 
 
+class DivergedError(RuntimeError):
+    """Every replica has non-finite parameters: nothing is left to average."""
+
+
 def _check_hyper(group: dict[str, Any]) -> None:
     checks = {
         "lr": group["lr"] >= 0.0,
@@ -162,6 +166,8 @@ class Parle(Optimizer):
                 f"replicas_per_process={len(replicas)}"
             )
         self.num_steps = 0
+        self.quarantine_events: list[dict[str, int]] = []  # diverged replicas reset, for logs
+        self._valid_local = torch.ones(len(replicas), dtype=torch.bool)
         self._build_storages(replicas)
         self._build_generators(seed)
         self._check_stability()
@@ -413,9 +419,59 @@ class Parle(Optimizer):
     def _mean(self, name: str) -> dict[_StorageKey, Tensor]:
         """Mean over all replicas of a flat buffer, one collective per storage."""
         pending = {
-            key: self.comm.mean_async(self._buffer(s, name)) for key, s in self._storages.items()
+            k: self.comm.mean_async(self._buffer(s, name)) for k, s in self._storages.items()
         }
         return {key: work.wait() for key, work in pending.items()}
+
+    def _finite_rows(self, name: str) -> Tensor:
+        """Which replicas of this process have finite values in ``name`` (one pass)."""
+        rows = [torch.isfinite(self._buffer(s, name)).all(dim=1) for s in self._storages.values()]
+        valid = rows[0]
+        for more in rows[1:]:
+            valid = valid & more.to(valid.device)
+        return valid
+
+    def _masked_mean(self, name: str, valid: Tensor) -> tuple[dict[_StorageKey, Tensor], Tensor]:
+        """Mean over the valid replicas of the job, and which replicas of the job were valid."""
+        pending = {
+            key: self.comm.masked_mean_async(self._buffer(s, name), valid.to(s.live.device))
+            for key, s in self._storages.items()
+        }
+        results = {key: work.wait() for key, work in pending.items()}
+        valid_global = next(iter(results.values()))[1].cpu()
+        return {key: mean for key, (mean, _) in results.items()}, valid_global
+
+    def _average(self, name: str) -> tuple[dict[_StorageKey, Tensor], Tensor]:
+        """The mean over replicas of ``name``, leaving out (and flagging) diverged replicas."""
+        valid = self._finite_rows(name)
+        if self.comm.num_replicas > 1:
+            means, valid_global = self._masked_mean(name, valid)
+        else:
+            means = {key: self._buffer(s, name)[0] for key, s in self._storages.items()}
+            valid_global = valid.cpu()
+        if not bool(valid_global.any()):
+            raise DivergedError(
+                f"all {self.comm.num_replicas} replica(s) have non-finite parameters at step "
+                f"{self.num_steps + 1}; lower the learning rates (lr, inner_lr) or the couplings"
+            )
+        self._valid_local = valid
+        return means, valid_global
+
+    def _quarantine(self, valid_global: Tensor) -> None:
+        """Reset diverged replicas to the reference of the others; log the event."""
+        anchor = "live" if self.num_inner_steps == 0 else "anchor"
+        references, _ = self._masked_mean(anchor, self._finite_rows(anchor) & self._valid_local)
+        bad_rows = (~self._valid_local).nonzero().flatten().tolist()
+        for key, storage in self._storages.items():
+            for row in bad_rows:
+                storage.live[row].copy_(references[key])
+                for name, buf in storage.state.items():
+                    if name in ("anchor", "ema"):
+                        buf[row].copy_(references[key])
+                    else:
+                        buf[row].zero_()
+        for replica in (~valid_global).nonzero().flatten().tolist():
+            self.quarantine_events.append({"step": self.num_steps + 1, "replica": replica})
 
     @staticmethod
     def _buffer(storage: _Storage, name: str) -> Tensor:
@@ -423,16 +479,15 @@ class Parle(Optimizer):
 
     def _outer_step(self) -> None:
         rho = self.rho_schedule.value
-        means = self._mean("ema") if rho != 0.0 else {}
+        means, valid_global = self._average("ema")
         for segment in self._segments:
             storage, cols = self._views(segment)
             group = self.param_groups[segment.group_index]
-            r = means[segment.key][cols] if rho != 0.0 else None
             F.outer_step(
                 [storage.state["anchor"][:, cols]],
                 [storage.state["ema"][:, cols]],
                 [storage.state["outer_momentum"][:, cols]],
-                [r],
+                [means[segment.key][cols]],
                 [storage.scratch[:, cols]],
                 lr=group["lr"],
                 momentum=group["momentum"],
@@ -442,11 +497,13 @@ class Parle(Optimizer):
         for storage in self._storages.values():
             storage.live.copy_(storage.state["anchor"])
             storage.state["ema"].copy_(storage.state["anchor"])
+        if not bool(valid_global.all()):
+            self._quarantine(valid_global)
 
     def _elastic_step(self) -> None:
         rho = self.rho_schedule.value
         is_coupled = rho != 0.0 and self.comm.num_replicas > 1
-        means = self._mean("live") if is_coupled else {}
+        means, valid_global = self._average("live")
         for segment in self._segments:
             storage, cols = self._views(segment)
             group = self.param_groups[segment.group_index]
@@ -462,6 +519,8 @@ class Parle(Optimizer):
                 weight_decay=group["weight_decay"],
                 rho=rho if is_coupled else 0.0,
             )
+        if not bool(valid_global.all()):
+            self._quarantine(valid_global)
 
     # ------------------------------------------------------------------ the reference
     @torch.no_grad()

@@ -127,3 +127,35 @@ def test_parle_over_processes_equals_parle_in_one_process(tmp_path: Path, port: 
     for reference in results:
         for got, want in zip(reference, local):
             torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def parle_with_poisoned_replica(rank: int, world: int) -> dict:
+    from elastic_entropy.comm import DistributedCommunicator
+    from elastic_entropy.optim import Parle, replica_param_groups
+
+    torch.manual_seed(0)
+    models = [nn.Linear(4, 3) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    opt = Parle(
+        replica_param_groups(m.parameters() for m in models),
+        lr=0.1,
+        num_inner_steps=2,
+        comm=DistributedCommunicator(2),
+    )
+    for step in range(6):
+        for a, m in enumerate(models):
+            m(torch.randn(5, 4)).square().mean().backward()
+            if rank == 1 and a == 0 and step == 2:
+                m.bias.grad[1] = float("inf")
+        opt.step()
+        opt.zero_grad()
+    return {"events": opt.quarantine_events, "reference": opt.reference()}
+
+
+def test_quarantine_across_processes(tmp_path: Path, port: int) -> None:
+    results = spawn("parle_with_poisoned_replica", 2, port, tmp_path)
+    for result in results:
+        assert result["events"] == [{"step": 4, "replica": 2}]  # rank 1's first replica
+        assert all(torch.isfinite(r).all() for r in result["reference"])
+    for a, b in zip(results[0]["reference"], results[1]["reference"]):
+        assert torch.equal(a, b)

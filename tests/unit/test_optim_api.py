@@ -195,4 +195,5 @@ def test_parle_counts_one_collective_per_outer_step() -> None:
         opt.step()
         opt.zero_grad()
     assert comm.stats.num_collectives == 4
-    assert comm.stats.bytes_per_replica == 4 * 15 * 4
+    # 15 parameters and one validity flag per replica
+    assert comm.stats.bytes_per_replica == 4 * (15 + 2) * 4

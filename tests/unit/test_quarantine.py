@@ -1,0 +1,66 @@
+"""A replica with non-finite parameters leaves the mean, is reset to the reference, is logged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from elastic_entropy.optim import DivergedError, ElasticSGD, Parle, replica_param_groups
+
+
+def _replicas(n: int) -> list[nn.Module]:
+    torch.manual_seed(0)
+    first = nn.Linear(4, 3)
+    models = [nn.Linear(4, 3) for _ in range(n)]
+    for m in models:
+        m.load_state_dict(first.state_dict())
+    return models
+
+
+def _step(models: list[nn.Module], opt: Parle, poisoned: int | None = None) -> None:
+    for a, m in enumerate(models):
+        x = torch.randn(8, 4, generator=torch.Generator().manual_seed(a + 100 * opt.num_steps))
+        m(x).square().mean().backward()
+        if a == poisoned:
+            m.weight.grad[0, 0] = float("nan")  # the fault: one NaN in one replica's gradient
+    opt.step()
+    opt.zero_grad()
+
+
+@pytest.mark.parametrize("num_inner_steps", [0, 3])
+def test_nan_gradient_in_one_replica_is_quarantined(num_inner_steps: int) -> None:
+    models = _replicas(3)
+    opt = Parle(
+        replica_param_groups(m.parameters() for m in models),
+        lr=0.1,
+        noise=0.0,
+        num_inner_steps=num_inner_steps,
+        rho=0.5,
+    )
+    for _ in range(6):
+        _step(models, opt)
+    _step(models, opt, poisoned=1)
+    while not opt.is_outer_step_done:
+        _step(models, opt)
+    if num_inner_steps == 0:
+        _step(models, opt)  # elastic: the NaN is in the parameters, caught at the next step
+    assert opt.quarantine_events == [{"step": opt.num_steps, "replica": 1}]
+    reference = opt.reference()
+    assert all(torch.isfinite(r).all() for r in reference)
+    for p, r in zip(opt.anchors(1), reference):
+        torch.testing.assert_close(p, r)  # reset to the reference of the other two
+    for p, r in zip(models[1].parameters(), reference):
+        torch.testing.assert_close(p.detach(), r)
+    for _ in range(9):  # and it trains on with the others
+        _step(models, opt)
+    assert all(torch.isfinite(p).all() for m in models for p in m.parameters())
+    assert len(opt.quarantine_events) == 1
+
+
+def test_all_replicas_diverged_stops_with_a_clear_error() -> None:
+    models = _replicas(1)
+    opt = ElasticSGD(models[0].parameters(), lr=0.1)
+    _step(models, opt, poisoned=0)
+    with pytest.raises(DivergedError, match="all 1 replica"):
+        _step(models, opt)
