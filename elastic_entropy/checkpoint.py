@@ -125,7 +125,11 @@ def load_rank(found: Found, rank: int) -> dict[str, Any]:
     try:
         state = torch.load(found.path / f"rank-{rank}.pt", map_location="cpu", weights_only=True)
     except Exception as error:
-        raise CheckpointError(f"cannot read {found.path / f'rank-{rank}.pt'}: {error}") from error
+        # torch's message would suggest weights_only=False, which we never do
+        raise CheckpointError(
+            f"cannot read {found.path / f'rank-{rank}.pt'} ({type(error).__name__}): the file is "
+            "damaged or not a checkpoint; move it away or choose another hydra.run.dir"
+        ) from error
     if state.get("format") != FORMAT:
         raise CheckpointError(
             f"{found.path} has checkpoint format {state.get('format')}, not {FORMAT}"

@@ -278,6 +278,9 @@ class Config:
             "run": {"dir": "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"},
             "sweep": {"dir": "multirun/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"},
             "help": {"app_name": "elastic-entropy", "header": HELP_HEADER, "footer": HELP_FOOTER},
+            # the run writes config.yaml and overrides.yaml itself, once, when it starts fresh:
+            # Hydra's .hydra/ would be rewritten by every resumed or refused attempt
+            "output_subdir": None,
         }
     )
     algorithm: Any = MISSING  # Any: each option keeps its own dataclass

@@ -148,6 +148,40 @@ def any_rank(flag: torch.Tensor, info: DistInfo) -> bool:
     return bool(flag.item())
 
 
+class PeerLostError(RuntimeError):
+    """A peer process died or stopped answering within the process group's timeout."""
+
+
+_COMM_FAILURE_MARKERS = (
+    "Timed out",
+    "timed out",
+    "Connection closed",
+    "Connection reset",
+    "Broken pipe",
+    "gloo",
+    "NCCL",
+    "ProcessGroup",
+)
+
+
+def as_peer_lost(error: BaseException, info: DistInfo, timeout_s: float) -> PeerLostError | None:
+    """The user-facing form of a collective that failed because of a peer, or None."""
+    if not info.is_distributed or not isinstance(error, RuntimeError):
+        return None
+    text = str(error)
+    is_comm = isinstance(error, (dist.DistBackendError, dist.DistNetworkError)) or any(
+        marker in text for marker in _COMM_FAILURE_MARKERS
+    )
+    if not is_comm:
+        return None
+    detail = text.strip().splitlines()[-1] if text.strip() else type(error).__name__
+    return PeerLostError(
+        f"rank {info.rank} lost a peer (dead, or silent for cluster.timeout_s={timeout_s:g} s): "
+        f"{detail}; a restart (torchrun --max-restarts, SLURM requeue) resumes from the last "
+        "checkpoint"
+    )
+
+
 def barrier(info: DistInfo) -> None:
     if info.is_distributed:
         dist.barrier()

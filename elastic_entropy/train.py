@@ -19,13 +19,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from elastic_entropy.config import Config, register_configs
-from elastic_entropy.data import DataNotFoundError
+from elastic_entropy.config import GROUPS, Config, register_configs
 
 # user mistakes get one line and exit code 2; ELASTIC_ENTROPY_DEBUG=1 shows the traceback
-USER_ERRORS = (ValueError, DataNotFoundError, PermissionError, OmegaConfBaseException)
+USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, OmegaConfBaseException)
 EXIT_USAGE = 2
 EXIT_DIVERGED = 3
+EXIT_PEER_LOST = 4
 
 
 def _fail(message: str) -> None:
@@ -46,6 +46,7 @@ def _to_config(cfg: DictConfig) -> Config:
 
 @hydra.main(version_base="1.3", config_path=None, config_name="config")
 def _app(cfg: DictConfig) -> None:
+    from elastic_entropy.distributed import PeerLostError
     from elastic_entropy.optim import DivergedError
     from elastic_entropy.trainer import (
         EXIT_PREEMPTED,
@@ -55,10 +56,14 @@ def _app(cfg: DictConfig) -> None:
 
     try:
         config = _to_config(cfg)
-        train(config, Path(HydraConfig.get().runtime.output_dir))
+        hydra_config = HydraConfig.get()
+        train(config, Path(hydra_config.runtime.output_dir), tuple(hydra_config.overrides.task))
     except Preempted as stop:
         print(f"elastic-entropy: {stop}; rerun the same command to resume", file=sys.stderr)
         sys.exit(EXIT_PREEMPTED)
+    except PeerLostError as error:
+        print(f"elastic-entropy: {error}", file=sys.stderr, flush=True)
+        sys.exit(EXIT_PEER_LOST)
     except DivergedError as error:
         print(f"elastic-entropy: diverged: {error}", file=sys.stderr, flush=True)
         sys.exit(EXIT_DIVERGED)
@@ -90,8 +95,75 @@ def _with_overrides(argv: list[str], extra: list[str]) -> list[str]:
     return [*argv[:at], *extra, *argv[at:]]
 
 
+# Hydra's own flags: leave the command line to Hydra untouched
+_HYDRA_FLAGS = (
+    "-h",
+    "--help",
+    "--hydra-help",
+    "-c",
+    "--cfg",
+    "-i",
+    "--info",
+    "-m",
+    "--multirun",
+    "-sc",
+    "--shell-completion",
+    "--version",
+    "-p",
+    "--package",
+    "--resolve",
+)
+
+
+def _one_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    cause = error.__cause__
+    if cause is not None and str(cause).strip():
+        lines.append(str(cause).strip().splitlines()[0])
+    return "; ".join(dict.fromkeys(lines)) or type(error).__name__
+
+
+def _check_run_dir_override(overrides: list[str]) -> None:
+    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
+    target = Path(chosen[-1]) if chosen else Path.cwd() / "outputs"
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        _fail(
+            f"cannot create the run directory {target} ({existing} is not a writable folder); "
+            "set hydra.run.dir to a writable place"
+        )
+
+
+def _precheck(argv: list[str]) -> None:
+    """Compose and validate the config before Hydra runs, so that a mistake is one line."""
+    if any(arg in _HYDRA_FLAGS or arg.startswith("--") for arg in argv[1:]):
+        return
+    overrides = [arg for arg in argv[1:] if not arg.startswith(("hydra.", "hydra/", "-"))]
+    for override in overrides:
+        group, _, option = override.lstrip("+~").partition("=")
+        if group in GROUPS and option not in GROUPS[group]:
+            _fail(
+                f"unknown {group} {option!r}; choose one of {', '.join(sorted(GROUPS[group]))} "
+                f"(e.g. {group}={next(iter(GROUPS[group]))})"
+            )
+    from hydra import compose, initialize
+
+    try:
+        with initialize(version_base="1.3", config_path=None):
+            _to_config(compose("config", overrides=overrides))
+    except Exception as error:  # Hydra's parse and composition errors, our ValueErrors
+        if os.environ.get("ELASTIC_ENTROPY_DEBUG"):
+            raise
+        _fail(_one_line(error))
+    if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
+        _check_run_dir_override([arg for arg in argv[1:] if arg.startswith("hydra.run.dir=")])
+
+
 def main() -> None:
     register_configs()
+    _precheck(sys.argv)
     sys.argv = _with_overrides(sys.argv, _rank_overrides())
     _app()
 

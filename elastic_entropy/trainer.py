@@ -32,6 +32,7 @@ from elastic_entropy.data import DataSplits, ReplicaSampler, load_dataset
 from elastic_entropy.distributed import (
     DistInfo,
     any_rank,
+    as_peer_lost,
     barrier,
     broadcast_object,
     gather_objects,
@@ -219,6 +220,7 @@ class Run:
     randomness: ReplicaRandomness
     plan: Plan
     metrics: MetricsLogger
+    overrides: tuple[str, ...] = ()  # the command line, as Hydra parsed it
 
     @property
     def replicas_per_process(self) -> int:
@@ -543,6 +545,15 @@ def _should_stop(run: Run, stop: StopSignals) -> bool:
     return any_rank(flag, run.info)
 
 
+def save_config(run: Run) -> None:
+    """``config.yaml`` (resolved, with the layout) and ``overrides.yaml`` of a fresh run."""
+    resolved = OmegaConf.create(_plain_config(run.cfg))
+    resolved.replicas_per_process = run.replicas_per_process
+    resolved.processes = run.info.world_size
+    OmegaConf.save(resolved, run.run_dir / "config.yaml")
+    OmegaConf.save(OmegaConf.create(list(run.overrides)), run.run_dir / "overrides.yaml")
+
+
 def _log_quarantine(run: Run) -> None:
     events = run.optimizer.quarantine_events
     if not events:
@@ -563,6 +574,8 @@ def fit(run: Run, stop: StopSignals) -> float:
     """Train to ``plan.total_steps`` minibatches per replica; returns the training time."""
     plan, info, cfg = run.plan, run.info, run.cfg
     progressed = restore(run) if cfg.checkpoint.resume else Progressed()
+    if progressed.step == 0 and info.is_main:
+        save_config(run)
     period = max(1, run.optimizer.num_inner_steps)
     checkpoint_every = cfg.checkpoint.every_outer_steps * period
     desc = f"{cfg.algorithm.name} x{run.optimizer.num_replicas}"
@@ -669,17 +682,13 @@ def format_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
+def train(cfg: Config, run_dir: Path, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
     """Set up the processes, train, evaluate, write the run directory, tear down."""
     info = init_distributed(cfg.cluster.backend, cfg.cluster.device, cfg.cluster.timeout_s)
     try:
         run_dir = _prepare_run_dir(run_dir, info)
-        if info.is_main:
-            resolved = OmegaConf.create(_plain_config(cfg))
-            resolved.replicas_per_process = cfg.replicas_per_process
-            resolved.processes = info.world_size
-            OmegaConf.save(resolved, run_dir / "config.yaml")
         run = build_run(cfg, info, run_dir)
+        run.overrides = overrides
         try:
             with StopSignals() as stop:
                 wall_s = fit(run, stop)
@@ -688,8 +697,11 @@ def train(cfg: Config, run_dir: Path) -> dict[str, Any]:
             run.metrics.close()
         if info.is_main:
             print(format_table(result), flush=True)
-    except BaseException:
+    except BaseException as error:
         teardown(info, is_clean=False)
+        lost = as_peer_lost(error, info, cfg.cluster.timeout_s)
+        if lost is not None:
+            raise lost from error
         raise
     teardown(info)
     return result

@@ -1,0 +1,273 @@
+"""Bad input, table-driven: one clear line (the problem and the fix), a non-zero exit, no
+traceback, and nothing already written lost or overwritten."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+Setup = Callable[[Path, Path], list[str]]  # (tmp_path, interrupted run) -> extra arguments
+
+
+def _none(tmp: Path, interrupted: Path) -> list[str]:
+    return []
+
+
+def _copy_run(tmp: Path, interrupted: Path) -> Path:
+    target = tmp / "run"
+    shutil.copytree(interrupted, target)
+    return target
+
+
+def _run_args(run: Path) -> list[str]:
+    return [SMALL, f"hydra.run.dir={run}"]
+
+
+def _damage_all(tmp: Path, interrupted: Path, how: str) -> list[str]:
+    run = _copy_run(tmp, interrupted)
+    for rank_file in run.glob("checkpoints/step-*/rank-*.pt"):
+        data = rank_file.read_bytes()
+        if how == "truncate":
+            rank_file.write_bytes(data[: len(data) // 2])
+        else:
+            middle = len(data) // 2
+            rank_file.write_bytes(data[:middle] + bytes(64) + data[middle + 64 :])
+    return _run_args(run)
+
+
+def _garbage_with_matching_manifest(tmp: Path, interrupted: Path) -> list[str]:
+    """Damaged before its checksum was taken: the manifest agrees, torch.load does not."""
+    run = _copy_run(tmp, interrupted)
+    for directory in run.glob("checkpoints/step-*"):
+        (directory / "rank-0.pt").write_bytes(b"not a checkpoint")
+        manifest = json.loads((directory / "MANIFEST.json").read_text())
+        manifest["sha256"][0] = hashlib.sha256(b"not a checkpoint").hexdigest()
+        (directory / "MANIFEST.json").write_text(json.dumps(manifest))
+    return _run_args(run)
+
+
+def _interrupted_with(*args: str) -> Setup:
+    return lambda tmp, interrupted: [*_run_args(_copy_run(tmp, interrupted)), *args]
+
+
+def _finished_run(tmp: Path, interrupted: Path) -> list[str]:
+    run = _copy_run(tmp, interrupted)
+    (run / "results.json").write_text("{}\n")
+    return _run_args(run)
+
+
+def _file_as_run_dir_parent(tmp: Path, interrupted: Path) -> list[str]:
+    (tmp / "a-file").write_text("x")
+    return [f"hydra.run.dir={tmp / 'a-file' / 'run'}"]
+
+
+CASES: list[tuple[str, list[str], str, Setup]] = [
+    (
+        "negative lr",
+        ["algorithm.lr=-0.1"],
+        "Invalid algorithm.lr: -0.1 (must be finite and >= 0)",
+        _none,
+    ),
+    (
+        "alpha = 1",
+        ["algorithm.alpha=1.0"],
+        "Invalid algorithm.alpha: 1.0 (must be in [0, 1))",
+        _none,
+    ),
+    (
+        "negative L",
+        ["algorithm.num_inner_steps=-1"],
+        "Invalid algorithm.num_inner_steps: -1",
+        _none,
+    ),
+    ("L = 0 for parle", ["algorithm.num_inner_steps=0"], "use algorithm=elastic_sgd or sgd", _none),
+    ("negative gamma", ["algorithm.gamma=-1"], "Invalid algorithm.gamma: -1.0", _none),
+    ("negative rho", ["algorithm.rho=-1"], "Invalid algorithm.rho: -1.0", _none),
+    ("negative noise", ["algorithm.noise=-1"], "Invalid algorithm.noise: -1.0", _none),
+    ("momentum 1", ["algorithm.momentum=1.0"], "Invalid algorithm.momentum: 1.0", _none),
+    ("negative wd", ["algorithm.weight_decay=-1"], "Invalid algorithm.weight_decay: -1.0", _none),
+    ("negative inner lr", ["algorithm.inner_lr=-1"], "Invalid algorithm.inner_lr: -1.0", _none),
+    ("batch size 0", ["data.batch_size=0"], "Invalid data.batch_size: 0 (must be >= 1)", _none),
+    (
+        "unstable lr*rho",
+        ["algorithm.lr=0.3", "scoping.rho_max=10"],
+        "Unstable elastic coupling",
+        _none,
+    ),
+    (
+        "gamma above its cap",
+        ["algorithm.gamma=5"],
+        "scoping.gamma_max=1.0 is below algorithm.gamma=5.0",
+        _none,
+    ),
+    ("negative scoping rate", ["scoping.gamma_rate=-1"], "Invalid scoping.gamma_rate: -1.0", _none),
+    ("negative rho cap", ["scoping.rho_max=-1"], "Invalid scoping.rho_max: -1.0", _none),
+    ("zero epochs", ["epochs=0"], "Invalid epochs: 0.0 (must be > 0)", _none),
+    ("zero max_steps", ["max_steps=0"], "Invalid max_steps: 0 (must be >= 1)", _none),
+    ("zero eval_every", ["eval_every=0"], "Invalid eval_every: 0.0", _none),
+    (
+        "no replicas",
+        ["cluster.replicas_per_process=0"],
+        "Invalid cluster.replicas_per_process: 0",
+        _none,
+    ),
+    ("unknown backend", ["cluster.backend=mpi"], "choose auto, gloo or nccl", _none),
+    ("unknown device", ["cluster.device=tpu"], "choose auto, cpu or cuda", _none),
+    (
+        "cuda without a GPU",
+        ["cluster.device=cuda"],
+        "CUDA is not available; use cluster.device=cpu",
+        _none,
+    ),
+    ("zero timeout", ["cluster.timeout_s=0"], "Invalid cluster.timeout_s: 0.0", _none),
+    (
+        "unknown data policy",
+        ["data.policy=random"],
+        "Invalid data.policy: 'random' (choose full or shard)",
+        _none,
+    ),
+    (
+        "validation fraction 1",
+        ["data.validation_fraction=1.0"],
+        "Invalid data.validation_fraction: 1.0",
+        _none,
+    ),
+    ("dropout 1", ["model.dropout=1.0"], "Invalid model.dropout: 1.0", _none),
+    (
+        "checkpoint every 0",
+        ["checkpoint.every_outer_steps=0"],
+        "Invalid checkpoint.every_outer_steps: 0",
+        _none,
+    ),
+    ("keep no checkpoint", ["checkpoint.keep_last=0"], "Invalid checkpoint.keep_last: 0", _none),
+    (
+        "unknown algorithm",
+        ["algorithm=adam"],
+        "unknown algorithm 'adam'; choose one of elastic_sgd, entropy_sgd, parle, sgd",
+        _none,
+    ),
+    (
+        "unknown model",
+        ["model=resnet"],
+        "unknown model 'resnet'; choose one of cnn1d, lenet, mlp",
+        _none,
+    ),
+    (
+        "unknown data set",
+        ["data=imagenet"],
+        "unknown data 'imagenet'; choose one of cifar10, digits, mnist, mnist1d",
+        _none,
+    ),
+    ("unknown key", ["model.widthh=3"], "Key 'widthh' not in 'CNN1DConfig'", _none),
+    (
+        "not a number",
+        ["algorithm.lr=fast"],
+        "Value 'fast' of type 'str' could not be converted to Float",
+        _none,
+    ),
+    (
+        "missing MNIST folder",
+        ["data=mnist", "model=lenet", "data.root=/nonexistent/mnist"],
+        "data folder /nonexistent/mnist/MNIST/raw does not exist",
+        _none,
+    ),
+    (
+        "missing CIFAR folder",
+        ["data=cifar10", "model=lenet", "data.root=/nonexistent"],
+        "data folder /nonexistent/cifar-10-batches-py does not exist",
+        _none,
+    ),
+    ("2-D net on 1-D data", ["model=lenet"], "lenet needs image data", _none),
+    ("1-D net on images", ["data=digits"], "cnn1d needs 1-D signals", _none),
+    (
+        "replicas do not divide the data",
+        ["data.policy=shard", "data.batch_size=2001"],
+        "replica 0 gets 2000 samples, fewer than data.batch_size=2001",
+        _none,
+    ),
+    ("unwritable run directory", [], "cannot create the run directory", _file_as_run_dir_parent),
+    ("finished run directory", [], "already holds a finished run", _finished_run),
+    (
+        "corrupt checkpoint",
+        [],
+        "fails its checksum (truncated or damaged)",
+        lambda t, i: _damage_all(t, i, "flip"),
+    ),
+    (
+        "truncated checkpoint",
+        [],
+        "fails its checksum (truncated or damaged)",
+        lambda t, i: _damage_all(t, i, "truncate"),
+    ),
+    ("unreadable checkpoint", [], "cannot read", _garbage_with_matching_manifest),
+    (
+        "checkpoint of another model",
+        [],
+        "made with another config (model.channels=8 there, 16 here)",
+        _interrupted_with("model.channels=16"),
+    ),
+    (
+        "checkpoint of another replica count",
+        [],
+        "holds 2 replicas as 1 process(es) x 2, but this run has 1 x 3",
+        _interrupted_with("cluster.replicas_per_process=3"),
+    ),
+]
+BASE = [
+    "max_steps=40",
+    "progress=false",
+    "cluster.replicas_per_process=2",
+    "algorithm.num_inner_steps=5",
+]
+SMALL = "model.channels=8"  # the interrupted run's model
+
+
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run that has checkpoints but no results, as if it had been killed."""
+    tmp = tmp_path_factory.mktemp("interrupted")
+    done = run_cli(
+        [*BASE, SMALL, "checkpoint.every_outer_steps=2", f"hydra.run.dir={tmp / 'run'}"], tmp
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("results.json", "reference.pt"):
+        (tmp / "run" / name).unlink()
+    assert len(list((tmp / "run" / "checkpoints").glob("step-*"))) == 3
+    return tmp / "run"
+
+
+def _snapshot(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_there_are_at_least_thirty_cases() -> None:
+    assert len(CASES) >= 30
+    assert len({name for name, *_ in CASES}) == len(CASES)
+
+
+@pytest.mark.parametrize(("name", "args", "message", "setup"), CASES, ids=[c[0] for c in CASES])
+def test_bad_input(
+    tmp_path: Path, interrupted: Path, name: str, args: list[str], message: str, setup: Setup
+) -> None:
+    extra = setup(tmp_path, interrupted)
+    before = _snapshot(tmp_path)
+    done = run_cli([*BASE, *args, *extra], tmp_path)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2, (done.stdout[-2000:], done.stderr[-2000:])
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("elastic-entropy: error: ") and message in lines[0], lines[0]
+    assert "Traceback" not in done.stderr
+    after = _snapshot(tmp_path)
+    assert {k: v for k, v in after.items() if k in before} == before  # nothing overwritten or lost
+    assert not any(k.endswith(("results.json", "reference.pt")) for k in set(after) - set(before))
