@@ -143,6 +143,8 @@ def prune(run_dir: Path, keep: int) -> None:
     complete = sorted(d for d in root.glob("step-*") if (d / MANIFEST).is_file())
     newest = complete[-1] if complete else None
     for directory in complete[:-keep]:
+        # manifest first: a deletion cut short leaves an unfinished checkpoint, never a bad one
+        (directory / MANIFEST).unlink(missing_ok=True)
         shutil.rmtree(directory, ignore_errors=True)
     for directory in root.glob("step-*"):
         if newest is not None and directory < newest and not (directory / MANIFEST).is_file():

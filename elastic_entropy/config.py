@@ -236,6 +236,7 @@ class CheckpointConfig:
     every_outer_steps: int = 25  # also at the end, and on SIGTERM / SIGUSR1
     keep_last: int = 3
     resume: bool = True  # resume from the run directory's newest checkpoint when there is one
+    on_signal: bool = True  # SIGTERM / SIGUSR1: write a checkpoint, then exit 75
 
     def __post_init__(self) -> None:
         _require(
@@ -290,6 +291,7 @@ class Config:
     cluster: ClusterConfig = MISSING
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-reproducible runs
     epochs: float = 20.0  # minibatches per replica = epochs x (training set / batch size)
     max_steps: int | None = None  # when set, replaces epochs (minibatches per replica)
     eval_every: float = 1.0  # epochs between evaluations of the reference

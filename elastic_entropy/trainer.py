@@ -258,6 +258,10 @@ def _prepare_run_dir(run_dir: Path, info: DistInfo) -> Path:
 
 def build_run(cfg: Config, info: DistInfo, run_dir: Path) -> Run:
     seed_everything(cfg.seed)
+    if cfg.deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic; harmless on CPUs
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
     replicas = cfg.replicas_per_process
     num_replicas = replicas * info.world_size
     data = load_dataset(
@@ -514,17 +518,22 @@ class StopSignals:
 
     SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 
-    def __init__(self) -> None:
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
         self.received: int | None = None
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> StopSignals:
-        if threading.current_thread() is threading.main_thread():
+        if self.enabled and threading.current_thread() is threading.main_thread():
             for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def _handle(self, signum: int, frame: Any) -> None:
+        if self.received is not None:
+            # asked twice: stop now, the way the signal would have without us
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
         self.received = signum
 
     def __exit__(self, *exc: object) -> None:
@@ -690,7 +699,7 @@ def train(cfg: Config, run_dir: Path, overrides: tuple[str, ...] = ()) -> dict[s
         run = build_run(cfg, info, run_dir)
         run.overrides = overrides
         try:
-            with StopSignals() as stop:
+            with StopSignals(cfg.checkpoint.on_signal) as stop:
                 wall_s = fit(run, stop)
             result = finish(run, wall_s)
         finally:
