@@ -1,0 +1,163 @@
+"""Faults as they happen: preemption signals, killed workers, a silent peer; runs end exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import REPO, cli_env, free_port, run_torchrun
+
+JOB = [
+    "max_steps=300",
+    "cluster.replicas_per_process=2",
+    "algorithm.num_inner_steps=5",
+    "checkpoint.every_outer_steps=2",
+    "model.channels=8",
+    "algorithm.noise=0.001",
+    "model.dropout=0.1",
+    "deterministic=true",
+    "progress=false",
+    "eval_every=2",
+]
+
+
+def _newest_checkpoint(run_dir: Path) -> int:
+    steps = [
+        int(d.name.split("-")[1])
+        for d in (run_dir / "checkpoints").glob("step-*")
+        if (d / "MANIFEST.json").is_file()
+    ]
+    return max(steps, default=0)
+
+
+def _wait_for_checkpoint(
+    run_dir: Path, after: int, proc: subprocess.Popen, timeout: float = 60
+) -> int:
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        step = _newest_checkpoint(run_dir)
+        if step > after:
+            return step
+        time.sleep(0.02)
+    raise AssertionError(f"no checkpoint after step {after} (exit {proc.poll()})")
+
+
+def _references_equal(a: Path, b: Path) -> bool:
+    x = torch.load(a / "reference.pt", weights_only=True)
+    y = torch.load(b / "reference.pt", weights_only=True)
+    return x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+
+
+def _cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        ["elastic-entropy", *args],
+        cwd=cwd,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_preempted_three_times_ends_bitwise_equal(tmp_path: Path) -> None:
+    """SIGTERM (or SLURM's SIGUSR1): checkpoint, exit 75; rerunning resumes; same reference."""
+    full = _cli([*JOB, f"hydra.run.dir={tmp_path / 'full'}"], tmp_path)
+    _, err = full.communicate(timeout=120)
+    assert full.returncode == 0, err[-2000:]
+    run = tmp_path / "cut"
+    last = 0
+    for attempt, sig in enumerate((signal.SIGTERM, signal.SIGUSR1, signal.SIGTERM)):
+        proc = _cli([*JOB, f"hydra.run.dir={run}"], tmp_path)
+        last = _wait_for_checkpoint(run, last + 10 * attempt, proc)
+        proc.send_signal(sig)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 75, err[-2000:]
+        assert "checkpoint written; rerun the same command to resume" in err
+        assert ("resumed from step" in out) == (attempt > 0)
+    done = _cli([*JOB, f"hydra.run.dir={run}"], tmp_path)
+    out, err = done.communicate(timeout=120)
+    assert done.returncode == 0, err[-2000:]
+    assert "resumed from step" in out
+    assert _references_equal(tmp_path / "full", run)
+    # the metrics file reads as one run: every step once, in order
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    steps = [r["step"] for r in records if "event" not in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 300
+    assert sum(r.get("event") == "resume" for r in records) == 3
+    assert len(list((run / "checkpoints").glob("step-*"))) == 3  # keep_last
+
+
+@pytest.mark.timeout(300)
+def test_soak_with_killed_workers_under_torchrun(tmp_path: Path) -> None:
+    """launch/soak.py at the small CI size (the closing note reports N = 20)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "launch" / "soak.py"),
+            "--kills",
+            "2",
+            "--steps",
+            "600",
+            "--workdir",
+            str(tmp_path),
+        ],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=290,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "kills=2" in done.stdout and "finished=True" in done.stdout
+    assert "reference_equal=True" in done.stdout and "problems=0" in done.stdout
+
+
+def test_silent_peer_fails_within_the_timeout_and_a_restart_resumes(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    port = free_port()
+    args = [*JOB, "max_steps=3000", "cluster.replicas_per_process=1", "cluster.timeout_s=5"]
+    procs = []
+    for rank in range(2):
+        env = {
+            **cli_env(),
+            "RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        procs.append(
+            subprocess.Popen(
+                ["elastic-entropy", *args, f"hydra.run.dir={run}"],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+        )
+    try:
+        _wait_for_checkpoint(run, 0, procs[0])
+        os.kill(procs[1].pid, signal.SIGSTOP)  # hung, not dead: no socket closes
+        stopped = time.time()
+        _, err = procs[0].communicate(timeout=60)
+        waited = time.time() - stopped
+    finally:
+        procs[1].kill()
+        procs[1].wait()
+    assert procs[0].returncode == 4, err[-2000:]
+    assert waited < 5 + 15, waited
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("elastic-entropy: rank 0 lost a peer")
+    assert "resumes from the last checkpoint" in lines[-1]
+    resumed = run_torchrun(2, [*args, "max_steps=400", f"hydra.run.dir={run}"], tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed from step" in resumed.stdout
