@@ -1,0 +1,44 @@
+"""The benchmarks run and write their table, JSON and ratio line (tiny sizes: never timings)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, cli_env
+
+CASES = [
+    (
+        "optimizer_step",
+        ["--quick", "--repeats", "1"],
+        ["parle_inner/sgd_foreach", "parle_inner/sgd_fused"],
+    ),
+    ("communication", ["--steps", "10"], ["parle_L5/ddp", "parle_L25/ddp"]),
+    ("throughput", ["--steps", "10"], ["parle_1x1/sgd_1x1", "parle_2x2/parle_1x4"]),
+]
+
+
+@pytest.mark.parametrize(("name", "args", "ratios"), CASES, ids=[c[0] for c in CASES])
+def test_benchmark_writes_its_results(
+    tmp_path: Path, name: str, args: list[str], ratios: list[str]
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", f"benchmarks.{name}", *args, "--out", str(tmp_path)],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert last.startswith("ratios: ") and all(f"{r}=" in last for r in ratios), last
+    figures = json.loads((tmp_path / f"{name}.json").read_text())
+    assert figures["benchmark"] == name and f"benchmarks.{name}" in figures["command"]
+    assert set(ratios) <= set(figures["ratios"]) and all(v > 0 for v in figures["ratios"].values())
+    table = (tmp_path / f"{name}.md").read_text()
+    assert figures["command"] in table
