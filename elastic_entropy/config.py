@@ -2,8 +2,9 @@
 
 Groups: ``algorithm/`` (parle, entropy_sgd, elastic_sgd, sgd), ``model/`` (cnn1d, mlp, lenet),
 ``data/`` (mnist1d, digits, mnist, cifar10), ``scoping/`` (exponential, constant), ``cluster/``
-(local, gpu). Algorithm keys are the optimizer's argument names. Values are checked in
-``__post_init__``, which runs when the composed config becomes objects (``OmegaConf.to_object``).
+(local, gpu), ``logger/`` (basic, tensorboard, wandb, all). Algorithm keys are the optimizer's
+argument names. Values are checked in ``__post_init__``, which runs when the composed config
+becomes objects (``OmegaConf.to_object``).
 """
 
 from __future__ import annotations
@@ -248,6 +249,79 @@ class CheckpointConfig:
         _require(self.keep_last >= 1, "checkpoint.keep_last", self.keep_last, "must be >= 1")
 
 
+WANDB_MODES = ("auto", "online", "offline", "disabled")
+SINKS = ("console", "jsonl", "tensorboard", "wandb")
+
+
+@dataclass
+class WandbConfig:
+    """wandb's run settings; ``None`` leaves a key to wandb's own ``WANDB_*`` variables."""
+
+    # auto: $WANDB_MODE when set, else online with credentials and offline without
+    mode: str = "auto"
+    project: str | None = None  # None: $WANDB_PROJECT, else elastic-entropy
+    entity: str | None = None  # None: $WANDB_ENTITY, else your default entity
+    group: str | None = None  # None: $WANDB_RUN_GROUP, else the Hydra sweep directory
+    name: str | None = None  # None: $WANDB_NAME, else the sweep job's overrides (or wandb's)
+    tags: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        _require(
+            self.mode in WANDB_MODES,
+            "logger.wandb.mode",
+            self.mode,
+            f"choose {', '.join(WANDB_MODES)}",
+        )
+
+
+@dataclass
+class LoggerConfig:
+    """Where metrics go (rank 0 only). ``metrics.jsonl`` is always written: plots, the report
+    command and resumption read it. Options of the ``logger`` group preset ``sinks``."""
+
+    name: str = "basic"
+    sinks: list[str] = field(default_factory=lambda: ["console", "jsonl"])
+    every_outer_steps: int = 1  # replica losses, distances, forces, couplings, throughput
+    eval_replicas: bool = True  # every eval_every: each replica on the held-out split too
+    plots: bool = True  # PNGs in RUN_DIR/plots at the end of the run
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.sinks if s not in SINKS]
+        _require(not unknown, "logger.sinks", list(self.sinks), f"choose from {', '.join(SINKS)}")
+        _require(
+            self.every_outer_steps >= 1,
+            "logger.every_outer_steps",
+            self.every_outer_steps,
+            "must be >= 1",
+        )
+        # checked here, before anything starts, so that a missing package or key is one line
+        from elastic_entropy.loggers import check_tensorboard, check_wandb
+
+        if "tensorboard" in self.sinks:
+            check_tensorboard()
+        if "wandb" in self.sinks:
+            check_wandb(self.wandb.mode)
+
+
+@dataclass
+class TensorBoardLoggerConfig(LoggerConfig):
+    name: str = "tensorboard"
+    sinks: list[str] = field(default_factory=lambda: ["console", "jsonl", "tensorboard"])
+
+
+@dataclass
+class WandbLoggerConfig(LoggerConfig):
+    name: str = "wandb"
+    sinks: list[str] = field(default_factory=lambda: ["console", "jsonl", "wandb"])
+
+
+@dataclass
+class AllLoggerConfig(LoggerConfig):
+    name: str = "all"
+    sinks: list[str] = field(default_factory=lambda: list(SINKS))
+
+
 HELP_HEADER = """elastic-entropy: train with Parle (Entropy-SGD replicas elastically coupled to
 their average), Entropy-SGD, Elastic-SGD or SGD. Every run writes metrics.jsonl, config.yaml,
 results.json and reference.pt to its run directory (outputs/DATE/TIME).
@@ -256,6 +330,7 @@ results.json and reference.pt to its run directory (outputs/DATE/TIME).
   elastic-entropy algorithm=sgd                    the baseline on the same machinery
   elastic-entropy algorithm.num_inner_steps=5 algorithm.rho=0.5 data=digits model=mlp
   torchrun --standalone --nproc-per-node=2 -m elastic_entropy.train cluster.replicas_per_process=2
+  elastic-entropy report RUN_DIR [RUN_DIR...]      redraw and compare runs from their metrics
 """
 HELP_FOOTER = """Use --cfg job to print the composed config, --help for this text.
 Couplings are strengths: Deep Relaxation's variance is 1/gamma."""
@@ -270,6 +345,7 @@ class Config:
             {"data": "mnist1d"},
             {"scoping": "exponential"},
             {"cluster": "local"},
+            {"logger": "basic"},
             "_self_",
         ]
     )
@@ -289,6 +365,7 @@ class Config:
     data: DataConfig = MISSING
     scoping: ScopingConfig = MISSING
     cluster: ClusterConfig = MISSING
+    logger: LoggerConfig = MISSING
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-reproducible runs
@@ -331,6 +408,13 @@ GROUPS: dict[str, dict[str, Any]] = {
         ),
     },
     "cluster": {"local": ClusterConfig, "gpu": ClusterConfig(name="gpu", device="cuda")},
+    # classes, not instances: the wandb check reads the environment when a run is configured
+    "logger": {
+        "basic": LoggerConfig,
+        "tensorboard": TensorBoardLoggerConfig,
+        "wandb": WandbLoggerConfig,
+        "all": AllLoggerConfig,
+    },
 }
 
 

@@ -1,24 +1,49 @@
-"""Where metrics go: a JSONL file in the run directory (always) and a console progress bar.
+"""Where metrics go: ``metrics.jsonl`` (always), a console progress bar, TensorBoard, wandb.
 
-Only rank 0 writes; other ranks get loggers that do nothing.
+Only rank 0 writes; other ranks get loggers that do nothing. :class:`RunLogger` puts every sink of a
+run behind one ``log(record)``; a record is a flat dict with a ``step`` (minibatches per replica),
+or an event (``{"event": "resume", ...}``) that only the JSONL file keeps.
+
+wandb never stops a run: without credentials it runs offline (or as ``WANDB_MODE`` says), and if
+it cannot start at all the run goes on without it. Asking for ``online`` without credentials is the
+one mistake refused, before anything starts (:func:`check_wandb`, called by the config).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import logging
 import math
+import netrc
 import os
+import secrets
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from elastic_entropy.config import LoggerConfig, WandbConfig
+
+log = logging.getLogger(__name__)
 
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no inf/nan literals
     return value
+
+
+def _scalars(record: dict[str, Any]) -> dict[str, float]:
+    """The numbers of a record: what TensorBoard and wandb can plot."""
+    return {
+        k: float(v)
+        for k, v in record.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 class MetricsLogger:
@@ -86,3 +111,233 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+# ---------------------------------------------------------------------------------- wandb's mode
+_ENV_MODES = {
+    "online": "online",
+    "run": "online",
+    "offline": "offline",
+    "dryrun": "offline",
+    "disabled": "disabled",
+}
+
+
+def wandb_credentials() -> str | None:
+    """Where wandb would find an API key (``WANDB_API_KEY``, an identity token, a ``.netrc``
+    entry for ``WANDB_BASE_URL``'s host), or None. Read without importing wandb."""
+    for variable in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
+        if os.environ.get(variable):
+            return variable
+    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").netloc
+    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
+    try:
+        entry = netrc.netrc(str(path)).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return None
+    return str(path) if entry and entry[2] else None
+
+
+def resolve_wandb_mode(requested: str) -> str:
+    """``online``, ``offline`` or ``disabled``: the config's choice, else ``WANDB_MODE`` (and
+    ``WANDB_DISABLED``), else online when there are credentials and offline when not."""
+    if requested != "auto":
+        return requested
+    if os.environ.get("WANDB_DISABLED", "").strip().lower() in ("1", "true", "yes"):
+        return "disabled"
+    env = os.environ.get("WANDB_MODE", "").strip().lower()
+    if env:
+        if env not in _ENV_MODES:
+            raise ValueError(
+                f"Invalid WANDB_MODE: {env!r} (choose online, offline or disabled, or unset it)"
+            )
+        return _ENV_MODES[env]
+    return "online" if wandb_credentials() else "offline"
+
+
+def check_wandb(requested: str) -> None:
+    """Refuse ``online`` without credentials: wandb would stop to prompt or fail mid-run."""
+    mode = resolve_wandb_mode(requested)
+    if mode == "online" and wandb_credentials() is None:
+        how = "logger.wandb.mode=online" if requested == "online" else "WANDB_MODE=online"
+        raise ValueError(
+            f"{how} needs wandb credentials, and there are none (no WANDB_API_KEY, no ~/.netrc "
+            "entry): run `wandb login` or set WANDB_API_KEY, or use logger.wandb.mode=offline"
+        )
+
+
+def check_tensorboard() -> None:
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ValueError(
+            "logger.sinks has tensorboard but the tensorboard package is not installed; "
+            "pip install tensorboard, or drop tensorboard from logger.sinks"
+        )
+
+
+def _sweep() -> tuple[str | None, str | None]:
+    """(sweep directory, this job's overrides) under ``elastic-entropy -m``, else (None, None):
+    the wandb group and run name that keep a sweep's runs together."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        if not HydraConfig.initialized():
+            return None, None
+        hydra = HydraConfig.get()
+        if hydra.mode != RunMode.MULTIRUN:
+            return None, None
+        return str(hydra.sweep.dir), hydra.job.override_dirname or f"job-{hydra.job.num}"
+    except Exception:  # outside a Hydra app (tests, notebooks): no sweep
+        return None, None
+
+
+# ---------------------------------------------------------------------------------- sinks
+class _Sink(Protocol):
+    def log(self, scalars: dict[str, float], step: int) -> None: ...
+
+    def close(self, exit_code: int, is_preempted: bool) -> None: ...
+
+
+class TensorBoardSink:
+    """Scalars under ``RUN_DIR/tensorboard``, one tag per record key, x axis the step."""
+
+    def __init__(self, log_dir: Path, purge_step: int) -> None:
+        from torch.utils.tensorboard import SummaryWriter
+
+        # a resumed run hides what an interrupted attempt wrote past its checkpoint
+        self._writer = SummaryWriter(str(log_dir), purge_step=purge_step)
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        for key, value in scalars.items():
+            if key != "step":
+                self._writer.add_scalar(key, value, global_step=step)
+
+    def close(self, exit_code: int, is_preempted: bool) -> None:
+        self._writer.close()
+
+
+class WandbSink:
+    """One wandb run per job, from rank 0; ``step`` is every chart's x axis."""
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+
+    @classmethod
+    def open(
+        cls,
+        cfg: WandbConfig,
+        mode: str,
+        run_dir: Path,
+        run_id: str,
+        config: dict[str, Any],
+    ) -> WandbSink | None:
+        group, job = _sweep()
+        try:
+            import wandb
+
+            run = wandb.init(
+                project=cfg.project or os.environ.get("WANDB_PROJECT") or "elastic-entropy",
+                entity=cfg.entity,
+                group=cfg.group or os.environ.get("WANDB_RUN_GROUP") or group,
+                name=cfg.name or os.environ.get("WANDB_NAME") or job,
+                tags=list(cfg.tags) or None,
+                id=run_id,
+                resume="allow",  # a resumed or requeued job continues its run
+                dir=os.environ.get("WANDB_DIR") or str(run_dir),
+                mode=mode,
+                config=config,
+                # our own output (the results table) stays ours; no history sparklines at exit
+                settings=wandb.Settings(console="off", quiet=True),
+            )
+            # a custom x axis: a resumed run logs steps again after its checkpoint, which
+            # wandb's own monotonic _step would drop
+            run.define_metric("step")
+            run.define_metric("*", step_metric="step")
+        except Exception as error:  # no network, a bad key, a wandb bug: go on without it
+            log.warning("wandb did not start (%s); the run goes on without it", error)
+            return None
+        return cls(run)
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        self.run.log(scalars)
+
+    def summary(self, values: dict[str, float]) -> None:
+        self.run.summary.update(values)
+
+    def close(self, exit_code: int, is_preempted: bool) -> None:
+        if is_preempted:  # shown as preempted, not crashed: a requeued job continues it
+            self.run.mark_preempting()
+        self.run.finish(exit_code=exit_code)
+
+
+def new_wandb_run_id() -> str:
+    """wandb's own format (8 lowercase letters and digits), made without importing wandb."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return "".join(secrets.choice(alphabet) for _ in range(8))
+
+
+class RunLogger:
+    """Every sink of a run behind one :meth:`log`. The JSONL file opens at once (a resumed run
+    truncates it); TensorBoard and wandb open in :meth:`start`, once the step to continue from
+    and the wandb run id (kept in the checkpoint) are known."""
+
+    def __init__(self, cfg: LoggerConfig, run_dir: Path, is_main: bool) -> None:
+        self.cfg = cfg
+        self.run_dir = run_dir
+        self.is_main = is_main
+        self.jsonl = MetricsLogger(run_dir / "metrics.jsonl" if is_main else None)
+        self.wandb_run_id: str | None = None  # set by a restored checkpoint, else by start()
+        self.exit_code = 0  # what wandb records when the run closes: set before a failure
+        self.is_preempted = False
+        self._sinks: list[_Sink] = []
+        self._wandb: WandbSink | None = None
+
+    @property
+    def is_console(self) -> bool:
+        return self.is_main and "console" in self.cfg.sinks
+
+    def start(self, step: int, config: dict[str, Any]) -> None:
+        """Open TensorBoard and wandb on rank 0, continuing after ``step`` (0: a fresh run)."""
+        if not self.is_main:
+            return
+        if "tensorboard" in self.cfg.sinks:
+            self._sinks.append(TensorBoardSink(self.run_dir / "tensorboard", step + 1))
+        if "wandb" in self.cfg.sinks:
+            mode = resolve_wandb_mode(self.cfg.wandb.mode)
+            if mode != "disabled":
+                if self.wandb_run_id is None:
+                    self.wandb_run_id = os.environ.get("WANDB_RUN_ID") or new_wandb_run_id()
+                self._wandb = WandbSink.open(
+                    self.cfg.wandb, mode, self.run_dir, self.wandb_run_id, config
+                )
+                if self._wandb is not None:
+                    self._sinks.append(self._wandb)
+
+    def log(self, record: dict[str, Any]) -> None:
+        self.jsonl.log(record)
+        if "event" in record or not self._sinks:
+            return
+        scalars = _scalars(record)
+        for sink in list(self._sinks):
+            try:
+                sink.log(scalars, int(record["step"]))
+            except Exception as error:  # a full disk, a dead wandb process: drop the sink
+                log.warning("%s failed (%s); no more metrics go there", type(sink).__name__, error)
+                self._sinks.remove(sink)
+
+    def summary(self, values: dict[str, float]) -> None:
+        """The run's final numbers (wandb's run summary)."""
+        if self._wandb is not None and self._wandb in self._sinks:
+            self._wandb.summary(values)
+
+    def truncate_after(self, step: int) -> None:
+        self.jsonl.truncate_after(step)
+
+    def close(self) -> None:
+        self.jsonl.close()
+        sinks, self._sinks = self._sinks, []
+        for sink in sinks:
+            try:
+                sink.close(self.exit_code, self.is_preempted)
+            except Exception as error:
+                log.warning("closing %s failed (%s)", type(sink).__name__, error)

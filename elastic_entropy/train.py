@@ -5,6 +5,7 @@ elastic-entropy algorithm=sgd epochs=5            # the baseline
 elastic-entropy algorithm.num_inner_steps=5 algorithm.rho=0.5 data=digits model=mlp
 torchrun --standalone --nproc-per-node=2 -m elastic_entropy.train cluster.replicas_per_process=2
 elastic-entropy --cfg job                         # print the composed config
+elastic-entropy report RUN_DIR [RUN_DIR...]       # plots and a table from metrics.jsonl
 """
 
 from __future__ import annotations
@@ -162,6 +163,11 @@ def _precheck(argv: list[str]) -> None:
 
 
 def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "report":
+        # `elastic-entropy report RUN_DIR...`: not a training run, so Hydra never sees it
+        from elastic_entropy.report import main as report
+
+        sys.exit(report(sys.argv[2:]))
     register_configs()
     _precheck(sys.argv)
     sys.argv = _with_overrides(sys.argv, _rank_overrides())

@@ -41,7 +41,7 @@ from elastic_entropy.distributed import (
     seed_everything,
     teardown,
 )
-from elastic_entropy.loggers import MetricsLogger, Progress
+from elastic_entropy.loggers import Progress, RunLogger
 from elastic_entropy.models import build_model
 from elastic_entropy.optim import SGD, ElasticSGD, EntropySGD, Parle, replica_param_groups
 from elastic_entropy.scoping import Schedule, papers_rate
@@ -219,7 +219,7 @@ class Run:
     samplers: list[ReplicaSampler]
     randomness: ReplicaRandomness
     plan: Plan
-    metrics: MetricsLogger
+    metrics: RunLogger
     overrides: tuple[str, ...] = ()  # the command line, as Hydra parsed it
 
     @property
@@ -294,7 +294,7 @@ def build_run(cfg: Config, info: DistInfo, run_dir: Path) -> Run:
         info.device,
         _has_dropout(first),
     )
-    metrics = MetricsLogger(run_dir / "metrics.jsonl" if info.is_main else None)
+    metrics = RunLogger(cfg.logger, run_dir, info.is_main)
     return Run(
         cfg,
         info,
@@ -311,19 +311,24 @@ def build_run(cfg: Config, info: DistInfo, run_dir: Path) -> Run:
 
 
 def train_step(run: Run) -> Tensor:
-    """One minibatch for every replica of this process, then one optimizer step."""
-    losses = []
+    """One minibatch for every replica of this process, then one optimizer step.
+
+    Returns each replica's minibatch loss and accuracy, ``[2, replicas]``, left on the device so
+    that nothing waits for them until a metrics record is written.
+    """
+    losses, hits = [], []
     for a, model in enumerate(run.models):
         index = run.samplers[a].next()
+        target = run.data.y_train[index]
         with run.randomness.use(a):
-            loss = nn.functional.cross_entropy(
-                model(run.data.x_train[index]), run.data.y_train[index]
-            )
+            out = model(run.data.x_train[index])
+            loss = nn.functional.cross_entropy(out, target)
         loss.backward()
         losses.append(loss.detach())
+        hits.append((out.detach().argmax(dim=1) == target).float().mean())
     run.optimizer.step()
     run.optimizer.zero_grad()
-    return torch.stack(losses)
+    return torch.stack([torch.stack(losses), torch.stack(hits)])
 
 
 def _dp_bytes(run: Run, steps: int) -> int:
@@ -333,32 +338,131 @@ def _dp_bytes(run: Run, steps: int) -> int:
     return steps * opt.num_params_per_replica * element
 
 
-def eval_record(run: Run, step: int, losses: Tensor, wall_s: float) -> dict[str, Any]:
-    """One line of metrics.jsonl: the reference evaluated (a collective), replica losses."""
-    reference = evaluate(
-        load_reference(run.reference_model, run.optimizer, run.data.x_train),
-        run.data.x_test,
-        run.data.y_test,
-    )
-    losses_all = torch.cat(gather_objects(losses.cpu(), run.info))
-    opt = run.optimizer
-    return {
+_DIAGNOSTICS = ("distance", "elastic_force", "prox_force", "entropy_grad")
+
+
+def _coupling_at(schedule: Schedule, t: int) -> float:
+    at = copy.copy(schedule)
+    at.t = max(t, 0)
+    return at.value
+
+
+def base_metrics(run: Run, step: int, wall_s: float, since: tuple[int, float]) -> dict[str, Any]:
+    """What every record holds: where the run is, its couplings, rates and traffic so far.
+
+    ``since`` is the (step, wall time) of the previous record: samples/s is over that interval.
+    """
+    opt, plan = run.optimizer, run.plan
+    period = max(1, opt.num_inner_steps)
+    # gamma_t and rho_t of the outer step that minibatch `step` belongs to (the schedules have
+    # already moved on when it has just completed): the values the logged forces were scaled by
+    t = opt.gamma_schedule.t - (1 if step % period == 0 else 0)
+    group = opt.param_groups[0]
+    samples = (step - since[0]) * run.cfg.data.batch_size * opt.num_replicas
+    record = {
         "step": step,
-        "epoch": step / run.plan.steps_per_epoch,
-        "outer_step": step // max(1, opt.num_inner_steps),
-        "train_loss": losses_all.mean().item(),
-        **{f"train_loss/replica_{a}": v for a, v in enumerate(losses_all.tolist())},
-        "reference/test_loss": reference["loss"],
-        "reference/test_acc": reference["acc"],
-        "gamma": opt.gamma_schedule.value,
-        "rho": opt.rho_schedule.value,
-        "lr": opt.param_groups[0]["lr"],
+        "epoch": step / plan.steps_per_epoch,
+        "outer_step": step // period,
+        "gamma": _coupling_at(opt.gamma_schedule, t),
+        "rho": _coupling_at(opt.rho_schedule, t),
+        "lr": group["lr"],
+    }
+    if opt.num_inner_steps > 0:
+        record["inner_lr"] = group["inner_lr"] if group["inner_lr"] is not None else group["lr"]
+    record |= {
         "bytes_per_replica": opt.comm.stats.bytes_per_replica,
         "dp_bytes_per_replica": _dp_bytes(run, step),
         "collectives": opt.comm.stats.num_collectives,
         "elapsed_s": wall_s,
-        "samples_per_s": step * run.cfg.data.batch_size * opt.num_replicas / max(wall_s, 1e-9),
+        "samples_per_s": samples / max(wall_s - since[1], 1e-9),
     }
+    return record
+
+
+def _per_replica(name: str, values: list[float]) -> dict[str, float]:
+    """``name`` (the mean over replicas) and ``name/replica_a`` for each replica of the job."""
+    return {
+        name: sum(values) / len(values),
+        **{f"{name}/replica_{a}": v for a, v in enumerate(values)},
+    }
+
+
+def _loss_and_acc(entry: Tensor) -> Tensor:
+    # a checkpoint written before accuracies were kept holds losses only
+    return entry if entry.dim() == 2 else torch.stack([entry, torch.full_like(entry, math.nan)])
+
+
+def train_metrics(run: Run, window: list[Tensor]) -> dict[str, Any]:
+    """Replica losses and accuracies over ``window`` (the minibatches since the last record) and
+    the couplings the optimizer measured in the outer step just done, gathered to rank 0."""
+    stats = torch.stack([_loss_and_acc(t) for t in window]).mean(dim=0).cpu()
+    diagnostics = run.optimizer.pop_diagnostics()
+    if diagnostics is None:  # asked for before the outer step; absent only if it never ran
+        diagnostics = {name: torch.full((stats.shape[1],), math.nan) for name in _DIAGNOSTICS}
+    measured = torch.stack([diagnostics[name].double() for name in _DIAGNOSTICS])
+    parts = gather_objects((stats, measured, run.optimizer.comm.stats.wait_s), run.info)
+    if not run.info.is_main:
+        return {}
+    stats = torch.cat([p[0] for p in parts], dim=1).tolist()
+    measured = torch.cat([p[1] for p in parts], dim=1).tolist()
+    record = {**_per_replica("train_loss", stats[0]), **_per_replica("train_acc", stats[1])}
+    for name, values in zip(_DIAGNOSTICS, measured):
+        record |= _per_replica(name, values)
+    record["comm_wait_s"] = sum(p[2] for p in parts) / len(parts)  # mean over processes
+    return record
+
+
+def _reference_distances(run: Run) -> list[float]:
+    """``|x^a - xbar|`` for the replicas of this process, against the reference just loaded
+    (its parameters are the all-reduced mean of the anchors: no further communication)."""
+    reference = list(run.reference_model.parameters())
+    distances = []
+    with torch.no_grad():
+        for a in range(run.replicas_per_process):
+            square = sum(
+                float((x - r).double().square().sum())
+                for x, r in zip(run.optimizer.anchors(a), reference)
+            )
+            distances.append(math.sqrt(square))
+    return distances
+
+
+def eval_metrics(run: Run) -> dict[str, Any]:
+    """The reference (a collective) on the test split, the validation split when there is one,
+    and a fixed sample of the training set as large as the test split; each replica's distance
+    to it and, with ``logger.eval_replicas``, each replica on the held-out split (validation,
+    else test); gathered to rank 0."""
+    data = run.data
+    reference = load_reference(run.reference_model, run.optimizer, data.x_train)
+    num_train = min(len(data.y_train), len(data.y_test))
+    splits = {
+        "test": (data.x_test, data.y_test),
+        "train": (data.x_train[:num_train], data.y_train[:num_train]),
+    }
+    if data.x_val is not None and data.y_val is not None:
+        splits["val"] = (data.x_val, data.y_val)
+    record: dict[str, Any] = {}
+    for split, (x, y) in splits.items():
+        if run.info.is_main:  # the same reference on every rank: one of them evaluates it
+            result = evaluate(reference, x, y)
+            record[f"reference/{split}_loss"] = result["loss"]
+            record[f"reference/{split}_acc"] = result["acc"]
+    held = "val" if "val" in splits else "test"
+    distances = _reference_distances(run)
+    scores = (
+        [evaluate(model, *splits[held]) for model in run.models]
+        if run.cfg.logger.eval_replicas
+        else []
+    )
+    parts = gather_objects((distances, scores), run.info)
+    if not run.info.is_main:
+        return {}
+    record |= _per_replica("reference_distance", [d for part in parts for d in part[0]])
+    scores = [score for part in parts for score in part[1]]
+    if scores:
+        record |= _per_replica(f"{held}_loss", [r["loss"] for r in scores])
+        record |= _per_replica(f"{held}_acc", [r["acc"] for r in scores])
+    return record
 
 
 # ---------------------------------------------------------------------------------- checkpoints
@@ -368,7 +472,8 @@ class Progressed:
 
     step: int = 0
     wall_s: float = 0.0  # training time before this process started (earlier attempts)
-    window: list[Tensor] = field(default_factory=list)  # replica losses since the last eval
+    # [loss/acc, replica] per minibatch since the last metrics record
+    window: list[Tensor] = field(default_factory=list)
 
 
 def _plain_config(cfg: Config) -> dict[str, Any]:
@@ -383,6 +488,7 @@ _RESUMABLE_CHANGES = (
     "eval_every",
     "checkpoint",
     "cluster.timeout_s",
+    "logger",  # where metrics go, not what is trained
 )
 
 
@@ -424,9 +530,12 @@ def capture(run: Run, progressed: Progressed, wall_s: float) -> dict[str, Any]:
         "comm": {
             "num_collectives": opt.comm.stats.num_collectives,
             "bytes_per_replica": opt.comm.stats.bytes_per_replica,
+            "wait_s": opt.comm.stats.wait_s,
         },
         "window": [t.cpu() for t in progressed.window],
         "wall_s": wall_s,
+        # rank 0's: a resumed or requeued job continues the same wandb run
+        "wandb_run_id": run.metrics.wandb_run_id,
     }
 
 
@@ -499,6 +608,8 @@ def restore(run: Run) -> Progressed:
     checkpoint.set_rng_state(state["rng"])
     run.optimizer.comm.stats.num_collectives = state["comm"]["num_collectives"]
     run.optimizer.comm.stats.bytes_per_replica = state["comm"]["bytes_per_replica"]
+    run.optimizer.comm.stats.wait_s = state["comm"].get("wait_s", 0.0)
+    run.metrics.wandb_run_id = state.get("wandb_run_id")
     progressed = Progressed(
         step=state["step"],
         wall_s=state["wall_s"],
@@ -579,37 +690,103 @@ def _log_quarantine(run: Run) -> None:
     events.clear()
 
 
+def _logged_config(run: Run) -> dict[str, Any]:
+    return {
+        **_plain_config(run.cfg),
+        "processes": run.info.world_size,
+        "replicas_per_process": run.replicas_per_process,
+        "num_replicas": run.optimizer.num_replicas,
+    }
+
+
+def log_record(
+    run: Run,
+    progressed: Progressed,
+    wall_s: float,
+    since: tuple[int, float],
+    *,
+    is_train: bool,
+    is_eval: bool,
+) -> dict[str, Any]:
+    """One line of metrics.jsonl (and of TensorBoard, wandb): every rank takes part in the
+    gathers and the reference's evaluation, rank 0 writes."""
+    record = base_metrics(run, progressed.step, wall_s, since)
+    if is_train:
+        record |= train_metrics(run, progressed.window)
+        progressed.window.clear()
+    if is_eval:
+        record |= eval_metrics(run)
+    run.metrics.log(record)
+    return record
+
+
 def fit(run: Run, stop: StopSignals) -> float:
-    """Train to ``plan.total_steps`` minibatches per replica; returns the training time."""
+    """Train to ``plan.total_steps`` minibatches per replica; returns the training time.
+
+    Metrics: every ``logger.every_outer_steps`` outer steps a record of the replicas (losses,
+    distances, coupling forces) and of the run (couplings, rates, traffic), cheap enough to keep
+    often; every ``eval_every`` epochs the reference's (and replicas') evaluation joins it.
+    """
     plan, info, cfg = run.plan, run.info, run.cfg
     progressed = restore(run) if cfg.checkpoint.resume else Progressed()
-    if progressed.step == 0 and info.is_main:
-        save_config(run)
+    if progressed.step == 0:
+        if info.is_main:
+            save_config(run)
+        run.metrics.truncate_after(0)  # lines of an attempt that died before any checkpoint
+    run.metrics.start(progressed.step, _logged_config(run))
     period = max(1, run.optimizer.num_inner_steps)
     checkpoint_every = cfg.checkpoint.every_outer_steps * period
+    log_every = cfg.logger.every_outer_steps * period
     desc = f"{cfg.algorithm.name} x{run.optimizer.num_replicas}"
-    progress = Progress(plan.total_steps, progressed.step, cfg.progress and info.is_main, desc)
+    progress = Progress(
+        plan.total_steps, progressed.step, cfg.progress and run.metrics.is_console, desc
+    )
+    shown: dict[str, float] = {}
     started = time.perf_counter() - progressed.wall_s
-    for step in range(progressed.step + 1, plan.total_steps + 1):
-        progressed.window.append(train_step(run))
-        progressed.step = step
-        _log_quarantine(run)
-        postfix = {}
-        if step % plan.eval_interval == 0 or step == plan.total_steps:
-            losses = torch.stack(progressed.window).mean(dim=0)
-            progressed.window.clear()
-            record = eval_record(run, step, losses, time.perf_counter() - started)
-            run.metrics.log(record)
-            postfix = {"loss": record["train_loss"], "ref_acc": record["reference/test_acc"]}
-        progress.update(1, **postfix)
-        if step % period == 0 and _should_stop(run, stop):
-            save_checkpoint(run, progressed, time.perf_counter() - started)
-            progress.close()
-            raise Preempted(f"stopped by signal at step {step}; checkpoint written")
-        if step % checkpoint_every == 0 or step == plan.total_steps:
-            save_checkpoint(run, progressed, time.perf_counter() - started)
+    since = (progressed.step, progressed.wall_s)
+    try:
+        for step in range(progressed.step + 1, plan.total_steps + 1):
+            is_train = step % log_every == 0 or step == plan.total_steps
+            if is_train:
+                run.optimizer.request_diagnostics()  # measured in this step's outer step
+            progressed.window.append(train_step(run))
+            progressed.step = step
+            _log_quarantine(run)
+            is_eval = step % plan.eval_interval == 0 or step == plan.total_steps
+            if is_train or is_eval:
+                wall_s = time.perf_counter() - started
+                record = log_record(
+                    run, progressed, wall_s, since, is_train=is_train, is_eval=is_eval
+                )
+                since = (step, wall_s)
+                for key, label in _SHOWN.items():
+                    if key in record:
+                        shown[label] = record[key]
+            progress.update(1, **shown)
+            if step % period == 0 and _should_stop(run, stop):
+                save_checkpoint(run, progressed, time.perf_counter() - started)
+                progress.close()
+                run.metrics.exit_code = EXIT_PREEMPTED
+                run.metrics.is_preempted = True
+                raise Preempted(f"stopped by signal at step {step}; checkpoint written")
+            if step % checkpoint_every == 0 or step == plan.total_steps:
+                save_checkpoint(run, progressed, time.perf_counter() - started)
+    except BaseException:
+        if run.metrics.exit_code == 0:
+            run.metrics.exit_code = 1  # wandb marks the run failed
+        raise
     progress.close()
     return time.perf_counter() - started
+
+
+# record keys on the progress bar, by their label there
+_SHOWN = {
+    "train_loss": "loss",
+    "reference/test_acc": "ref_acc",
+    "distance": "dist",
+    "gamma": "gamma",
+    "rho": "rho",
+}
 
 
 def finish(run: Run, wall_s: float) -> dict[str, Any]:
@@ -653,7 +830,33 @@ def finish(run: Run, wall_s: float) -> dict[str, Any]:
     if info.is_main:
         torch.save(run.reference_model.state_dict(), run.run_dir / "reference.pt")
         _write_json(run.run_dir / "results.json", result)
+        run.metrics.summary(_summary(result))
+        if run.cfg.logger.plots:
+            _plot(run.run_dir)
     return result
+
+
+def _summary(result: dict[str, Any]) -> dict[str, float]:
+    ref, comm = result["reference"], result["communication"]
+    return {
+        **{f"final/reference_{k}": v for k, v in ref.items()},
+        **{f"final/replica_{r['replica']}_test_acc": r["test_acc"] for r in result["replicas"]},
+        "final/bytes_per_replica": comm["bytes_per_replica"],
+        "final/dp_sgd_bytes_per_replica": comm["dp_sgd_bytes_per_replica"],
+        "final/wall_s": result["wall_s"],
+    }
+
+
+def _plot(run_dir: Path) -> None:
+    """PNGs from metrics.jsonl; a finished run is never failed by its pictures."""
+    from elastic_entropy.report import plot_run
+
+    try:
+        plot_run(run_dir)
+    except Exception as error:
+        log.warning(
+            "plots were not drawn (%s); `elastic-entropy report %s` retries", error, run_dir
+        )
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -24,6 +24,10 @@ class CommStats:
 
     num_collectives: int = 0
     bytes_per_replica: int = 0
+    # seconds this process blocked in wait() on a collective across processes: two clock reads
+    # per collective, no synchronisation of its own (with NCCL, wait() only orders the CUDA
+    # stream, so this stays near 0 there; with gloo it is the time the all-reduce took)
+    wait_s: float = 0.0
 
     def record(self, buf: torch.Tensor, extra_elements: int = 0) -> None:
         self.num_collectives += 1

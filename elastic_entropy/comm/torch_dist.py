@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import torch
 import torch.distributed as dist
 
@@ -15,28 +17,40 @@ from elastic_entropy.comm.base import (
 )
 
 
+def _timed_wait(work: dist.Work, stats: CommStats) -> None:
+    started = time.perf_counter()
+    work.wait()
+    stats.wait_s += time.perf_counter() - started
+
+
 class _AllReduce:
-    def __init__(self, work: dist.Work | None, total: torch.Tensor, num_replicas: int) -> None:
+    def __init__(
+        self, work: dist.Work | None, total: torch.Tensor, num_replicas: int, stats: CommStats
+    ) -> None:
         self._work = work
         self._total = total
         self._num_replicas = num_replicas
+        self._stats = stats
 
     def wait(self) -> torch.Tensor:
         if self._work is not None:
-            self._work.wait()
+            _timed_wait(self._work, self._stats)
             self._work = None
         return self._total.div_(self._num_replicas)
 
 
 class _MaskedAllReduce:
-    def __init__(self, work: dist.Work | None, packed: torch.Tensor, num_replicas: int) -> None:
+    def __init__(
+        self, work: dist.Work | None, packed: torch.Tensor, num_replicas: int, stats: CommStats
+    ) -> None:
         self._work = work
         self._packed = packed
         self._num_replicas = num_replicas
+        self._stats = stats
 
     def wait(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self._work is not None:
-            self._work.wait()
+            _timed_wait(self._work, self._stats)
             self._work = None
         return unpack_masked(self._packed, self._num_replicas)
 
@@ -76,12 +90,12 @@ class DistributedCommunicator:
         check_stacked(buf, self.replicas_per_process)
         total = buf.sum(dim=0)
         if self.num_replicas == 1:
-            return _AllReduce(None, total, 1)
+            return _AllReduce(None, total, 1, self.stats)
         self.stats.record(buf)
         if self.world_size == 1:
-            return _AllReduce(None, total, self.num_replicas)
+            return _AllReduce(None, total, self.num_replicas, self.stats)
         work = dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
-        return _AllReduce(work, total, self.num_replicas)
+        return _AllReduce(work, total, self.num_replicas, self.stats)
 
     def mean(self, buf: torch.Tensor) -> torch.Tensor:
         return self.mean_async(buf).wait()
@@ -94,7 +108,7 @@ class DistributedCommunicator:
         work = None
         if self.world_size > 1:
             work = dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
-        return _MaskedAllReduce(work, packed, self.num_replicas)
+        return _MaskedAllReduce(work, packed, self.num_replicas, self.stats)
 
     def __repr__(self) -> str:
         return (

@@ -167,6 +167,10 @@ class Parle(Optimizer):
             )
         self.num_steps = 0
         self.quarantine_events: list[dict[str, int]] = []  # diverged replicas reset, for logs
+        # coupling diagnostics: measured during one outer step, only when asked for, so that
+        # training without a logger pays nothing (see request_diagnostics)
+        self._should_diagnose = False
+        self._diagnostics: dict[str, Any] | None = None
         self._valid_local = torch.ones(len(replicas), dtype=torch.bool)
         self._build_storages(replicas)
         self._build_generators(seed)
@@ -480,6 +484,8 @@ class Parle(Optimizer):
     def _outer_step(self) -> None:
         rho = self.rho_schedule.value
         means, valid_global = self._average("ema")
+        if self._should_diagnose:
+            self._measure(means, "anchor", gamma=self.gamma_schedule.value, rho=rho)
         for segment in self._segments:
             storage, cols = self._views(segment)
             group = self.param_groups[segment.group_index]
@@ -504,6 +510,8 @@ class Parle(Optimizer):
         rho = self.rho_schedule.value
         is_coupled = rho != 0.0 and self.comm.num_replicas > 1
         means, valid_global = self._average("live")
+        if self._should_diagnose:
+            self._measure(means, "live", gamma=0.0, rho=rho if is_coupled else 0.0)
         for segment in self._segments:
             storage, cols = self._views(segment)
             group = self.param_groups[segment.group_index]
@@ -521,6 +529,62 @@ class Parle(Optimizer):
             )
         if not bool(valid_global.all()):
             self._quarantine(valid_global)
+
+    # ------------------------------------------------------------------ diagnostics
+    def request_diagnostics(self) -> None:
+        """Measure the couplings during the next outer step; :meth:`pop_diagnostics` reads them.
+
+        Off by default: the measurement is a few norms over the flat buffers, cheap next to the
+        ``L`` minibatches of an outer step, but a logger asks only at the steps it records.
+        """
+        self._should_diagnose = True
+
+    def pop_diagnostics(self) -> dict[str, Any] | None:
+        """What the last requested outer step measured, per replica of this process, or None.
+
+        ``distance``: ``|z - r|``, how far each replica is from the others' consensus: its
+        inner-loop average ``z`` against ``r = mean_a z^a``, the mean this outer step all-reduced
+        (without an inner loop ``z = x``, so this is ``|x - mean_a x^a|``, the distance to the
+        reference). ``elastic_force``: ``rho_t |x - r|``, the elastic pull on the anchor.
+        ``prox_force``: ``gamma_t |y - x|``, the inner loop's proximal pull on its last
+        iterate. ``entropy_grad``: ``gamma_t |x - z|``, the norm of the local-entropy gradient
+        estimate (``grad f_t(x) = (x - <y>) / t`` with ``t = 1 / gamma`` and ``z`` estimating
+        ``<y>``). The last two are 0 without an inner loop. CPU float64 tensors of shape
+        ``[replicas_per_process]``, with the ``gamma`` and ``rho`` that step used.
+        """
+        diagnostics, self._diagnostics = self._diagnostics, None
+        return diagnostics
+
+    def _measure(
+        self, means: dict[_StorageKey, Tensor], anchor: str, *, gamma: float, rho: float
+    ) -> None:
+        """Norms for :meth:`pop_diagnostics`, taken before the step moves the anchors."""
+        self._should_diagnose = False
+        squares: dict[str, Tensor] = {}
+
+        def add(name: str, diff: Tensor) -> None:
+            # one norm over all storages (devices, dtypes): sum the squares, in float64
+            square = torch.linalg.vector_norm(diff, dim=1).double().square().cpu()
+            squares[name] = squares[name] + square if name in squares else square
+
+        for key, storage in self._storages.items():
+            x = self._buffer(storage, anchor)
+            z = storage.state["ema"] if anchor == "anchor" else x
+            add("distance", torch.sub(z, means[key], out=storage.scratch))
+            add("elastic", torch.sub(x, means[key], out=storage.scratch))
+            if anchor == "anchor":
+                add("prox", torch.sub(storage.live, x, out=storage.scratch))
+                add("entropy", torch.sub(x, storage.state["ema"], out=storage.scratch))
+        distance = squares["distance"].sqrt()
+        zeros = torch.zeros_like(distance)
+        self._diagnostics = {
+            "gamma": gamma,
+            "rho": rho,
+            "distance": distance,
+            "elastic_force": rho * squares["elastic"].sqrt(),
+            "prox_force": gamma * squares["prox"].sqrt() if "prox" in squares else zeros,
+            "entropy_grad": gamma * squares["entropy"].sqrt() if "entropy" in squares else zeros,
+        }
 
     # ------------------------------------------------------------------ the reference
     @torch.no_grad()

@@ -32,7 +32,9 @@ def test_default_job_as_in_the_readme(tmp_path: Path) -> None:
     comm = result["communication"]
     assert 0 < comm["bytes_per_replica"] < 0.2 * comm["dp_sgd_bytes_per_replica"]
     lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert len(lines) == 20 and lines[-1]["step"] == result["steps_per_replica"]
+    evals = [r for r in lines if "reference/test_acc" in r]
+    assert len(evals) == 20 and lines[-1]["step"] == result["steps_per_replica"]
+    assert len([r for r in lines if "train_loss" in r]) == 124  # every outer step
     assert lines[-1]["rho"] > lines[0]["rho"]  # scoping ran
     config = yaml.safe_load((run_dir / "config.yaml").read_text())
     assert config["algorithm"]["name"] == "parle" and config["replicas_per_process"] == 4

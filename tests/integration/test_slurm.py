@@ -5,7 +5,7 @@ scripts with 2 tasks over gloo: jobs that finish, a job requeued twice mid-run (
 resumed, a ``scancel`` that must stay final, and a 2-point sweep through Hydra's submitit launcher.
 The daemons are stopped by their pids at the end.
 
-The commands of ``launch/README-sections.md`` run exactly as written there, from a folder that
+The commands of the README's launch sections run exactly as written there, from a folder that
 holds ``launch/`` (a link to the repository's).
 """
 
@@ -28,7 +28,6 @@ from tests.conftest import REPO, cli_env, free_port
 pytestmark = pytest.mark.timeout(600)
 
 SETUP = Path(__file__).with_name("slurm_setup.sh")
-SECTIONS = REPO / "launch" / "README-sections.md"
 
 # the commands of the README sections, as a user types them; JOBID stands for a job's id
 TORCHRUN_SINGLE = (
@@ -97,15 +96,10 @@ def _commands(text: str) -> list[str]:
 def test_every_command_of_the_launch_sections_is_run_here() -> None:
     from tests.integration.test_docker import TESTED as DOCKER_TESTED
 
-    texts = [SECTIONS.read_text()]
-    readme = (REPO / "README.md").read_text()
-    if "## SLURM" in readme:  # once the sections are pasted, the README's copy counts too
-        texts.append(readme)
-    for text in texts:
-        commands = _commands(text)
-        assert commands, "no ```sh block found"
-        untested = [c for c in commands if c not in TESTED | DOCKER_TESTED]
-        assert not untested, f"commands no test runs: {untested}"
+    commands = _commands((REPO / "README.md").read_text())
+    assert commands, "no ```sh block found"
+    untested = [c for c in commands if c not in TESTED | DOCKER_TESTED]
+    assert not untested, f"commands no test runs: {untested}"
 
 
 # -------------------------------------------------------------------------------- torchrun
