@@ -428,8 +428,15 @@ class Parle(Optimizer):
         return {key: work.wait() for key, work in pending.items()}
 
     def _finite_rows(self, name: str) -> Tensor:
-        """Which replicas of this process have finite values in ``name`` (one pass)."""
-        rows = [torch.isfinite(self._buffer(s, name)).all(dim=1) for s in self._storages.values()]
+        """Which replicas of this process have finite values in ``name``.
+
+        A row's sum is finite exactly when its entries are (NaN and inf propagate), so one read
+        pass and no N-long mask; float64 keeps large finite rows from overflowing to inf.
+        """
+        rows = [
+            torch.isfinite(self._buffer(s, name).sum(dim=1, dtype=torch.float64))
+            for s in self._storages.values()
+        ]
         valid = rows[0]
         for more in rows[1:]:
             valid = valid & more.to(valid.device)
