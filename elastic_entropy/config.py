@@ -75,6 +75,7 @@ class _InnerLoopConfig(AlgorithmConfig):
 class ParleConfig(_InnerLoopConfig):
     name: str = "parle"
     rho: float = 1.0
+    overlap: bool = False  # all-reduce behind the next inner loop; the reference is 1 step stale
     DEFAULT_REPLICAS: ClassVar[int] = 4
 
     def __post_init__(self) -> None:

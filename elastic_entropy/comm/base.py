@@ -91,7 +91,9 @@ class Communicator(Protocol):
         ...
 
 
-class _Done:
+class Done:
+    """A result that is already there, behind the same ``wait()`` as a collective in flight."""
+
     def __init__(self, value: Any) -> None:
         self._value = value
 
@@ -129,7 +131,7 @@ class LocalCommunicator:
         return 0
 
     def mean_async(self, buf: torch.Tensor) -> Pending:
-        return _Done(self.mean(buf))
+        return Done(self.mean(buf))
 
     def mean(self, buf: torch.Tensor) -> torch.Tensor:
         check_stacked(buf, self.replicas_per_process)
@@ -145,7 +147,7 @@ class LocalCommunicator:
         if self.replicas_per_process > 1:
             self.stats.record(buf, extra_elements=self.replicas_per_process)
         packed = pack_masked(buf, valid, 0, self.replicas_per_process)
-        return _Done(unpack_masked(packed, self.replicas_per_process))
+        return Done(unpack_masked(packed, self.replicas_per_process))
 
     def __repr__(self) -> str:
         return f"LocalCommunicator(replicas_per_process={self.replicas_per_process})"

@@ -24,6 +24,8 @@ def _timed_wait(work: dist.Work, stats: CommStats) -> None:
 
 
 class _AllReduce:
+    """An all-reduce in flight; ``wait()`` may be called any number of times."""
+
     def __init__(
         self, work: dist.Work | None, total: torch.Tensor, num_replicas: int, stats: CommStats
     ) -> None:
@@ -31,15 +33,20 @@ class _AllReduce:
         self._total = total
         self._num_replicas = num_replicas
         self._stats = stats
+        self._result: torch.Tensor | None = None
 
     def wait(self) -> torch.Tensor:
-        if self._work is not None:
-            _timed_wait(self._work, self._stats)
-            self._work = None
-        return self._total.div_(self._num_replicas)
+        if self._result is None:
+            if self._work is not None:
+                _timed_wait(self._work, self._stats)
+                self._work = None
+            self._result = self._total.div_(self._num_replicas)
+        return self._result
 
 
 class _MaskedAllReduce:
+    """A masked all-reduce in flight; ``wait()`` may be called any number of times."""
+
     def __init__(
         self, work: dist.Work | None, packed: torch.Tensor, num_replicas: int, stats: CommStats
     ) -> None:
@@ -47,12 +54,15 @@ class _MaskedAllReduce:
         self._packed = packed
         self._num_replicas = num_replicas
         self._stats = stats
+        self._result: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def wait(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._work is not None:
-            _timed_wait(self._work, self._stats)
-            self._work = None
-        return unpack_masked(self._packed, self._num_replicas)
+        if self._result is None:
+            if self._work is not None:
+                _timed_wait(self._work, self._stats)
+                self._work = None
+            self._result = unpack_masked(self._packed, self._num_replicas)
+        return self._result
 
 
 class DistributedCommunicator:

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
-from elastic_entropy.comm.base import Communicator, LocalCommunicator
+from elastic_entropy.comm.base import Communicator, Done, LocalCommunicator, PendingMasked
 from elastic_entropy.optim import functional as F
 from elastic_entropy.scoping import Schedule
 
@@ -101,6 +101,11 @@ class Parle(Optimizer):
     ``xbar = mean_a x^a`` is what you evaluate and ship: :meth:`reference` computes it (a
     collective call on every process).
 
+    ``overlap=True`` launches each outer step's all-reduce asynchronously and uses it one outer
+    step later, so that it runs behind the next inner loop's compute: the outer step then reads
+    ``d = (x - z_t) + rho_t (x - r_{t-1})``, a reference one outer step stale (the first outer step
+    waits for its own). Off by default: the paper's form is the synchronous one.
+
     Replicas: plain parameters are one replica. Several replicas in one process are parameter
     groups with a ``"replica"`` key (see :func:`replica_param_groups`), all shaped alike; ``comm``
     averages across processes (``None``: the replicas of this process are all there is). Parameters
@@ -132,6 +137,7 @@ class Parle(Optimizer):
         rho_schedule: Schedule | None = None,
         comm: Communicator | None = None,
         seed: int | None = None,
+        overlap: bool = False,
     ) -> None:
         if not isinstance(num_inner_steps, int) or num_inner_steps < 0:
             raise ValueError(
@@ -166,6 +172,9 @@ class Parle(Optimizer):
                 f"replicas_per_process={len(replicas)}"
             )
         self.num_steps = 0
+        self.overlap = overlap
+        # the all-reduce launched at the last outer step, collected at the next (overlap=True)
+        self._in_flight: dict[_StorageKey, PendingMasked] | None = None
         self.quarantine_events: list[dict[str, int]] = []  # diverged replicas reset, for logs
         # coupling diagnostics: measured during one outer step, only when asked for, so that
         # training without a logger pays nothing (see request_diagnostics)
@@ -442,21 +451,40 @@ class Parle(Optimizer):
             valid = valid & more.to(valid.device)
         return valid
 
-    def _masked_mean(self, name: str, valid: Tensor) -> tuple[dict[_StorageKey, Tensor], Tensor]:
-        """Mean over the valid replicas of the job, and which replicas of the job were valid."""
-        pending = {
+    def _launch(self, name: str, valid: Tensor) -> dict[_StorageKey, PendingMasked]:
+        """Start the mean over the valid replicas of the job (one collective per storage)."""
+        return {
             key: self.comm.masked_mean_async(self._buffer(s, name), valid.to(s.live.device))
             for key, s in self._storages.items()
         }
+
+    @staticmethod
+    def _collect(
+        pending: dict[_StorageKey, PendingMasked],
+    ) -> tuple[dict[_StorageKey, Tensor], Tensor]:
         results = {key: work.wait() for key, work in pending.items()}
         valid_global = next(iter(results.values()))[1].cpu()
         return {key: mean for key, (mean, _) in results.items()}, valid_global
+
+    def _masked_mean(self, name: str, valid: Tensor) -> tuple[dict[_StorageKey, Tensor], Tensor]:
+        """Mean over the valid replicas of the job, and which replicas of the job were valid."""
+        return self._collect(self._launch(name, valid))
+
+    def _stale_masked_mean(
+        self, name: str, valid: Tensor
+    ) -> tuple[dict[_StorageKey, Tensor], Tensor]:
+        """Launch this outer step's mean and use the previous one's, so that the all-reduce runs
+        behind the next inner loop (the first outer step waits for its own)."""
+        launched = self._launch(name, valid)
+        previous, self._in_flight = self._in_flight, launched
+        return self._collect(previous if previous is not None else launched)
 
     def _average(self, name: str) -> tuple[dict[_StorageKey, Tensor], Tensor]:
         """The mean over replicas of ``name``, leaving out (and flagging) diverged replicas."""
         valid = self._finite_rows(name)
         if self.comm.num_replicas > 1:
-            means, valid_global = self._masked_mean(name, valid)
+            average = self._stale_masked_mean if self.overlap else self._masked_mean
+            means, valid_global = average(name, valid)
         else:
             means = {key: self._buffer(s, name)[0] for key, s in self._storages.items()}
             valid_global = valid.cpu()
@@ -633,8 +661,17 @@ class Parle(Optimizer):
             "gamma_schedule": self.gamma_schedule.state_dict(),
             "rho_schedule": self.rho_schedule.state_dict(),
             "generators": [g.get_state() for s in self._storages.values() for g in s.generators],
+            "in_flight": self._settle_in_flight(),
         }
         return state
+
+    def _settle_in_flight(self) -> list[list[Tensor]] | None:
+        """The pending (overlapped) mean as tensors, for exact resumption; it stays usable."""
+        if self._in_flight is None:
+            return None
+        means, valid_global = self._collect(self._in_flight)
+        self._in_flight = {key: Done((mean, valid_global)) for key, mean in means.items()}
+        return [[means[key], valid_global] for key in self._storages]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
@@ -678,6 +715,13 @@ class Parle(Optimizer):
             )
         for generator, saved in zip(generators, extra["generators"]):
             generator.set_state(saved)
+        saved_in_flight = extra.get("in_flight")
+        self._in_flight = None
+        if saved_in_flight is not None:
+            self._in_flight = {
+                key: Done((mean.to(s.live.device), valid.to(s.live.device)))
+                for (key, s), (mean, valid) in zip(self._storages.items(), saved_in_flight)
+            }
 
 
 def replica_param_groups(

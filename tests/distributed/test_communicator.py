@@ -75,7 +75,7 @@ def mean_of_stacked_rows(rank: int, world: int) -> dict:
     }
 
 
-def _parle_run(comm, replicas_here: list[int]) -> list[torch.Tensor]:
+def _parle_run(comm, replicas_here: list[int], overlap: bool = False) -> list[torch.Tensor]:
     from elastic_entropy.optim import Parle, replica_param_groups
     from elastic_entropy.scoping import Schedule
 
@@ -92,6 +92,7 @@ def _parle_run(comm, replicas_here: list[int]) -> list[torch.Tensor]:
         rho_schedule=Schedule(0.5, 0.2, 5.0),
         comm=comm,
         seed=11,
+        overlap=overlap,
     )
     for step in range(12):
         for m, replica in zip(models, replicas_here):
@@ -110,6 +111,24 @@ def parle_two_processes(rank: int, world: int) -> list[torch.Tensor]:
 
 
 # ---------------------------------------------------------------- tests
+def parle_two_processes_overlapped(rank: int, world: int) -> list[torch.Tensor]:
+    from elastic_entropy.comm import DistributedCommunicator
+
+    return _parle_run(DistributedCommunicator(1), [rank], overlap=True)
+
+
+def test_overlapped_all_reduce_equals_the_local_stale_form(tmp_path: Path, port: int) -> None:
+    from elastic_entropy.comm import LocalCommunicator
+
+    results = spawn("parle_two_processes_overlapped", 2, port, tmp_path)
+    local = _parle_run(LocalCommunicator(2), [0, 1], overlap=True)
+    synchronous = _parle_run(LocalCommunicator(2), [0, 1])
+    for reference in results:
+        for got, want in zip(reference, local):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert not all(torch.allclose(a, b) for a, b in zip(local, synchronous))
+
+
 def test_mean_over_two_processes_of_two_replicas(tmp_path: Path, port: int) -> None:
     results = spawn("mean_of_stacked_rows", 2, port, tmp_path)
     expected = (torch.arange(6.0).reshape(2, 3) + torch.arange(6.0).reshape(2, 3) + 10).sum(0) / 4

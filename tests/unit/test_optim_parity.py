@@ -85,6 +85,7 @@ class SpecParle:
         rho: Schedule,
         alpha,
         weight_decay,
+        stale: bool = False,
     ) -> None:
         self.y = [[p.detach().clone() for p in ps] for ps in params]
         self.x = copy.deepcopy(self.y)
@@ -94,6 +95,8 @@ class SpecParle:
         self.lr, self.inner_lr, self.m, self.L = lr, inner_lr, momentum, L
         self.gamma, self.rho, self.alpha, self.wd = gamma, rho, alpha, weight_decay
         self.calls = 0
+        self.stale = stale  # overlap=True: the outer step uses the previous outer step's mean
+        self.previous_r = None
 
     def step(self, grads: list[list[torch.Tensor]]) -> None:
         n, m = len(self.y), self.m
@@ -122,6 +125,8 @@ class SpecParle:
             return
         rho = self.rho.value
         r = [sum(self.z[a][k] for a in range(n)) / n for k in range(len(self.y[0]))]
+        if self.stale:
+            r, self.previous_r = (self.previous_r or r), r
         for a in range(n):
             for k in range(len(self.y[a])):
                 x = self.x[a][k]
@@ -235,3 +240,16 @@ def test_parle_reference_is_the_mean_of_anchors() -> None:
     assert not opt.is_outer_step_done
     assert not torch.equal(opt.anchors(0)[0], replicas[0][0].detach())
     assert math.isclose(opt.rho_schedule.value, 1.0)
+
+
+def test_parle_overlap_follows_the_stale_spec() -> None:
+    """overlap=True: r of outer step t is the mean of z at outer step t - 1."""
+    kwargs = dict(lr=0.1, inner_lr=0.05, momentum=0.9, alpha=0.75, weight_decay=1e-4)
+    _run_both(
+        3,
+        24,
+        lambda groups: Parle(
+            groups, num_inner_steps=4, gamma=0.03, rho=2.0, overlap=True, **kwargs
+        ),
+        dict(L=4, gamma=Schedule(0.03), rho=Schedule(2.0), stale=True, **kwargs),
+    )
