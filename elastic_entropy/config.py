@@ -107,6 +107,14 @@ class SGDConfig(AlgorithmConfig):
 
 
 @dataclass
+class DataParallelSGDConfig(AlgorithmConfig):
+    """The baseline: every replica's gradient averaged every minibatch (batch = n x B)."""
+
+    name: str = "dp_sgd"
+    DEFAULT_REPLICAS: ClassVar[int] = 4
+
+
+@dataclass
 class ModelConfig:
     name: str = MISSING
 
@@ -394,6 +402,7 @@ GROUPS: dict[str, dict[str, Any]] = {
         "entropy_sgd": EntropySGDConfig,
         "elastic_sgd": ElasticSGDConfig,
         "sgd": SGDConfig,
+        "dp_sgd": DataParallelSGDConfig,
     },
     "model": {"cnn1d": CNN1DConfig, "mlp": MLPConfig, "lenet": LeNetConfig},
     "data": {

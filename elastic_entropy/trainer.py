@@ -43,7 +43,14 @@ from elastic_entropy.distributed import (
 )
 from elastic_entropy.loggers import Progress, RunLogger
 from elastic_entropy.models import build_model
-from elastic_entropy.optim import SGD, ElasticSGD, EntropySGD, Parle, replica_param_groups
+from elastic_entropy.optim import (
+    SGD,
+    DataParallelSGD,
+    ElasticSGD,
+    EntropySGD,
+    Parle,
+    replica_param_groups,
+)
 from elastic_entropy.scoping import Schedule, papers_rate
 
 log = logging.getLogger(__name__)
@@ -53,6 +60,7 @@ ALGORITHMS: dict[str, type[Parle]] = {
     "entropy_sgd": EntropySGD,
     "elastic_sgd": ElasticSGD,
     "sgd": SGD,
+    "dp_sgd": DataParallelSGD,
 }
 
 

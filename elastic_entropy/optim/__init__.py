@@ -1,8 +1,17 @@
 """Optimizers: Parle and its presets, each a ``torch.optim.Optimizer``."""
 
+from elastic_entropy.optim.dp_sgd import DataParallelSGD
 from elastic_entropy.optim.elastic_sgd import ElasticSGD
 from elastic_entropy.optim.entropy_sgd import EntropySGD
 from elastic_entropy.optim.parle import DivergedError, Parle, replica_param_groups
 from elastic_entropy.optim.sgd import SGD
 
-__all__ = ["SGD", "DivergedError", "ElasticSGD", "EntropySGD", "Parle", "replica_param_groups"]
+__all__ = [
+    "SGD",
+    "DataParallelSGD",
+    "DivergedError",
+    "ElasticSGD",
+    "EntropySGD",
+    "Parle",
+    "replica_param_groups",
+]

@@ -253,3 +253,33 @@ def test_parle_overlap_follows_the_stale_spec() -> None:
         ),
         dict(L=4, gamma=Schedule(0.03), rho=Schedule(2.0), stale=True, **kwargs),
     )
+
+
+def test_data_parallel_sgd_is_sgd_on_the_averaged_gradient() -> None:
+    """Two replicas, two minibatches: both take the torch SGD step of the mean gradient."""
+    from elastic_entropy.optim import DataParallelSGD
+
+    replicas = [_model(), _model()]
+    reference = _model()
+    opt = DataParallelSGD(
+        replica_param_groups(m.parameters() for m in replicas), lr=0.05, weight_decay=1e-3
+    )
+    ref = torch.optim.SGD(
+        reference.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-3
+    )
+    for (x1, y1), (x2, y2) in zip(_batches(15, seed=1), _batches(15, seed=2)):
+        for m, (x, y) in zip(replicas, ((x1, y1), (x2, y2))):
+            nn.functional.cross_entropy(m(x), y).backward()
+        ref.zero_grad()
+        # the mean of the two minibatch gradients, computed on the reference model
+        for x, y in ((x1, y1), (x2, y2)):
+            (nn.functional.cross_entropy(reference(x), y) / 2).backward()
+        opt.step()
+        opt.zero_grad()
+        ref.step()
+    for p0, p1, q in zip(
+        replicas[0].parameters(), replicas[1].parameters(), reference.parameters()
+    ):
+        assert torch.equal(p0, p1)
+        torch.testing.assert_close(p0, q, rtol=1e-5, atol=1e-6)
+    assert opt.comm.stats.num_collectives == 15
