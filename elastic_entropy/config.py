@@ -217,6 +217,9 @@ class ClusterConfig:
     backend: str = "auto"  # auto: nccl on GPUs, gloo on CPUs
     device: str = "auto"  # auto: cuda:LOCAL_RANK when CUDA is there, else cpu
     timeout_s: float = 600.0  # a silent peer ends the job after this long
+    # the mean goes process -> node -> job; None: torchrun's LOCAL_WORLD_SIZE (one node otherwise)
+    processes_per_node: int | None = None
+    inter_node_period: int = 1  # cross nodes every k-th outer step (k > 1 changes the algorithm)
 
     def __post_init__(self) -> None:
         if self.replicas_per_process is not None:
@@ -239,6 +242,19 @@ class ClusterConfig:
             "choose auto, cpu or cuda",
         )
         _require(self.timeout_s > 0, "cluster.timeout_s", self.timeout_s, "must be > 0")
+        if self.processes_per_node is not None:
+            _require(
+                self.processes_per_node >= 1,
+                "cluster.processes_per_node",
+                self.processes_per_node,
+                "must be >= 1",
+            )
+        _require(
+            self.inter_node_period >= 1,
+            "cluster.inter_node_period",
+            self.inter_node_period,
+            "must be >= 1",
+        )
 
 
 @dataclass

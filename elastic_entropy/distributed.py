@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from elastic_entropy.comm import Communicator, LocalCommunicator
-from elastic_entropy.comm.torch_dist import DistributedCommunicator
+from elastic_entropy.comm.torch_dist import DistributedCommunicator, HierarchicalCommunicator
 
 T = TypeVar("T")
 
@@ -117,10 +117,25 @@ def init_distributed(
     return DistInfo(rank, world_size, local_rank, torch_device, chosen)
 
 
-def make_communicator(info: DistInfo, replicas_per_process: int) -> Communicator:
-    if info.is_distributed:
-        return DistributedCommunicator(replicas_per_process)
-    return LocalCommunicator(replicas_per_process)
+def make_communicator(
+    info: DistInfo,
+    replicas_per_process: int,
+    processes_per_node: int | None = None,
+    inter_node_period: int = 1,
+) -> Communicator:
+    """Local for one process; flat on one node; hierarchical (process, node, job) across nodes.
+
+    ``processes_per_node`` defaults to torchrun's ``LOCAL_WORLD_SIZE`` (or SLURM's tasks per node).
+    """
+    if not info.is_distributed:
+        return LocalCommunicator(replicas_per_process)
+    if processes_per_node is None:
+        env = os.environ
+        local = env.get("LOCAL_WORLD_SIZE") or env.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
+        processes_per_node = int(local) if local else info.world_size
+    if processes_per_node < info.world_size or inter_node_period != 1:
+        return HierarchicalCommunicator(replicas_per_process, processes_per_node, inter_node_period)
+    return DistributedCommunicator(replicas_per_process)
 
 
 def broadcast_object(obj: T, info: DistInfo) -> T:

@@ -283,7 +283,9 @@ def build_run(cfg: Config, info: DistInfo, run_dir: Path) -> Run:
     first.to(info.device)
     models = [first] + [copy.deepcopy(first) for _ in range(replicas - 1)]
     reference_model = copy.deepcopy(first)
-    comm = make_communicator(info, replicas)
+    comm = make_communicator(
+        info, replicas, cfg.cluster.processes_per_node, cfg.cluster.inter_node_period
+    )
     optimizer = build_optimizer(cfg, models, comm, plan.outer_steps_per_epoch)
     offset = comm.replica_offset
     samplers = [
@@ -535,11 +537,7 @@ def capture(run: Run, progressed: Progressed, wall_s: float) -> dict[str, Any]:
         "samplers": [s.state_dict() for s in run.samplers],
         "randomness": run.randomness.state_dict(),
         "rng": checkpoint.rng_state(),
-        "comm": {
-            "num_collectives": opt.comm.stats.num_collectives,
-            "bytes_per_replica": opt.comm.stats.bytes_per_replica,
-            "wait_s": opt.comm.stats.wait_s,
-        },
+        "comm": asdict(opt.comm.stats),
         "window": [t.cpu() for t in progressed.window],
         "wall_s": wall_s,
         # rank 0's: a resumed or requeued job continues the same wandb run
@@ -614,9 +612,8 @@ def restore(run: Run) -> Progressed:
         sampler.load_state_dict(saved)
     run.randomness.load_state_dict(state["randomness"])
     checkpoint.set_rng_state(state["rng"])
-    run.optimizer.comm.stats.num_collectives = state["comm"]["num_collectives"]
-    run.optimizer.comm.stats.bytes_per_replica = state["comm"]["bytes_per_replica"]
-    run.optimizer.comm.stats.wait_s = state["comm"].get("wait_s", 0.0)
+    for name, value in state["comm"].items():
+        setattr(run.optimizer.comm.stats, name, value)
     run.metrics.wandb_run_id = state.get("wandb_run_id")
     progressed = Progressed(
         step=state["step"],

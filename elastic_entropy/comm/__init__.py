@@ -2,13 +2,20 @@
 
 from elastic_entropy.comm.base import CommStats, Communicator, LocalCommunicator, Pending
 
-__all__ = ["CommStats", "Communicator", "DistributedCommunicator", "LocalCommunicator", "Pending"]
+__all__ = [
+    "CommStats",
+    "Communicator",
+    "DistributedCommunicator",
+    "HierarchicalCommunicator",
+    "LocalCommunicator",
+    "Pending",
+]
 
 
 def __getattr__(name: str) -> object:
     # torch.distributed is imported only when a distributed communicator is asked for
-    if name == "DistributedCommunicator":
-        from elastic_entropy.comm.torch_dist import DistributedCommunicator
+    if name in ("DistributedCommunicator", "HierarchicalCommunicator"):
+        from elastic_entropy.comm import torch_dist
 
-        return DistributedCommunicator
+        return getattr(torch_dist, name)
     raise AttributeError(name)

@@ -28,6 +28,8 @@ class CommStats:
     # per collective, no synchronisation of its own (with NCCL, wait() only orders the CUDA
     # stream, so this stays near 0 there; with gloo it is the time the all-reduce took)
     wait_s: float = 0.0
+    # per-outer-step means taken (the masked ones): the phase of a coarser inter-node period
+    num_outer_means: int = 0
 
     def record(self, buf: torch.Tensor, extra_elements: int = 0) -> None:
         self.num_collectives += 1
@@ -144,6 +146,7 @@ class LocalCommunicator:
 
     def masked_mean_async(self, buf: torch.Tensor, valid: torch.Tensor) -> PendingMasked:
         check_stacked(buf, self.replicas_per_process)
+        self.stats.num_outer_means += 1
         if self.replicas_per_process > 1:
             self.stats.record(buf, extra_elements=self.replicas_per_process)
         packed = pack_masked(buf, valid, 0, self.replicas_per_process)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -113,6 +115,7 @@ class DistributedCommunicator:
     def masked_mean_async(self, buf: torch.Tensor, valid: torch.Tensor) -> PendingMasked:
         check_stacked(buf, self.replicas_per_process)
         packed = pack_masked(buf, valid, self.replica_offset, self.num_replicas)
+        self.stats.num_outer_means += 1
         if self.num_replicas > 1:
             self.stats.record(buf, extra_elements=self.num_replicas)
         work = None
@@ -124,4 +127,115 @@ class DistributedCommunicator:
         return (
             f"DistributedCommunicator(world_size={self.world_size}, "
             f"replicas_per_process={self.replicas_per_process})"
+        )
+
+
+class _Chained:
+    """Reduce within the node, then (when ``across``) across nodes; finished on first wait."""
+
+    def __init__(
+        self,
+        first: dist.Work | None,
+        packed: torch.Tensor,
+        across: dist.ProcessGroup | None,
+        finish: Callable[[torch.Tensor], object],
+        stats: CommStats,
+    ) -> None:
+        self._first, self._packed, self._across = first, packed, across
+        self._finish, self._stats = finish, stats
+        self._result: object = None
+
+    def wait(self) -> Any:
+        if self._result is None:
+            if self._first is not None:
+                _timed_wait(self._first, self._stats)
+            if self._across is not None:
+                started = time.perf_counter()
+                dist.all_reduce(self._packed, op=dist.ReduceOp.SUM, group=self._across)
+                self._stats.wait_s += time.perf_counter() - started
+            self._result = self._finish(self._packed)
+        return self._result
+
+
+class HierarchicalCommunicator(DistributedCommunicator):
+    """The mean in three levels: the replicas of a process, the processes of a node, the nodes.
+
+    Ranks are taken node-major (``processes_per_node`` consecutive ranks share a node, as torchrun
+    and SLURM's block distribution number them). Within a node the all-reduce runs over the fast
+    links; across nodes one process per node-local rank exchanges the node sums. With
+    ``inter_node_period = k > 1`` the per-outer-step mean crosses nodes only every ``k``-th call:
+    in between, each node averages its own replicas (a node-level reference, a change of the
+    algorithm that trades coupling for traffic). :meth:`mean` (the reference) always spans the job.
+    """
+
+    def __init__(
+        self, replicas_per_process: int, processes_per_node: int, inter_node_period: int = 1
+    ) -> None:
+        super().__init__(replicas_per_process)
+        if processes_per_node < 1 or self.world_size % processes_per_node:
+            raise ValueError(
+                f"cluster.processes_per_node={processes_per_node} does not divide the "
+                f"{self.world_size} processes; set it to the processes each node runs"
+            )
+        if inter_node_period < 1:
+            raise ValueError(
+                f"Invalid cluster.inter_node_period: {inter_node_period} (must be >= 1)"
+            )
+        self.processes_per_node = processes_per_node
+        self.inter_node_period = inter_node_period
+        self.num_nodes = self.world_size // processes_per_node
+        nodes = [
+            list(range(n * processes_per_node, (n + 1) * processes_per_node))
+            for n in range(self.num_nodes)
+        ]
+        peers = [
+            list(range(j, self.world_size, processes_per_node)) for j in range(processes_per_node)
+        ]
+        # every rank creates every group, in the same order
+        self.node_group, _ = dist.new_subgroups_by_enumeration(nodes)
+        self.peer_group, _ = dist.new_subgroups_by_enumeration(peers)
+        self.node = self.rank // processes_per_node
+
+    def _start(
+        self, packed: torch.Tensor, across: bool, finish: Callable[[torch.Tensor], object]
+    ) -> Any:
+        first = None
+        if self.processes_per_node > 1:
+            first = dist.all_reduce(
+                packed, op=dist.ReduceOp.SUM, group=self.node_group, async_op=True
+            )
+        peer = self.peer_group if across and self.num_nodes > 1 else None
+        return _Chained(first, packed, peer, finish, self.stats)
+
+    def mean_async(self, buf: torch.Tensor) -> Pending:
+        check_stacked(buf, self.replicas_per_process)
+        self.stats.record(buf)
+        return self._start(buf.sum(dim=0), True, lambda total: total.div_(self.num_replicas))
+
+    def masked_mean_async(self, buf: torch.Tensor, valid: torch.Tensor) -> PendingMasked:
+        check_stacked(buf, self.replicas_per_process)
+        packed = pack_masked(buf, valid, self.replica_offset, self.num_replicas)
+        self.stats.record(buf, extra_elements=self.num_replicas)
+        # counted in the stats, which checkpoints restore: the period keeps its phase on resume
+        across = self.stats.num_outer_means % self.inter_node_period == 0
+        self.stats.num_outer_means += 1
+        if across:
+            return self._start(packed, True, lambda p: unpack_masked(p, self.num_replicas))
+        per_node = self.processes_per_node * self.replicas_per_process
+        first = self.node * per_node
+
+        def node_only(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            mean, flags = unpack_masked(p, self.num_replicas)
+            # replicas of other nodes took no part: not diverged, just not asked
+            others = torch.ones_like(flags)
+            others[first : first + per_node] = flags[first : first + per_node]
+            return mean, others
+
+        return self._start(packed, False, node_only)
+
+    def __repr__(self) -> str:
+        return (
+            f"HierarchicalCommunicator(nodes={self.num_nodes}, processes_per_node="
+            f"{self.processes_per_node}, replicas_per_process={self.replicas_per_process}, "
+            f"inter_node_period={self.inter_node_period})"
         )

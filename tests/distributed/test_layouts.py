@@ -33,17 +33,22 @@ def test_same_reference_in_every_layout(tmp_path: Path) -> None:
     )
     assert one.returncode == 0, one.stderr[-3000:]
     runs["1x4"] = tmp_path / "1x4"
-    for nproc, per in ((2, 2), (4, 1)):
-        name = f"{nproc}x{per}"
+    for nproc, per, extra in ((2, 2, []), (4, 1, []), (4, 1, ["cluster.processes_per_node=2"])):
+        name = f"{nproc}x{per}" + ("-2nodes" if extra else "")
         done = run_torchrun(
             nproc,
-            [*ARGS, f"cluster.replicas_per_process={per}", f"hydra.run.dir={tmp_path / name}"],
+            [
+                *ARGS,
+                *extra,
+                f"cluster.replicas_per_process={per}",
+                f"hydra.run.dir={tmp_path / name}",
+            ],
             tmp_path,
         )
         assert done.returncode == 0, done.stderr[-3000:]
         runs[name] = tmp_path / name
     base = _reference(runs["1x4"])
-    for name in ("2x2", "4x1"):
+    for name in ("2x2", "4x1", "4x1-2nodes"):  # the last: process, then node, then job
         other = _reference(runs[name])
         assert base.keys() == other.keys()
         for key in base:
@@ -58,3 +63,17 @@ def test_same_reference_in_every_layout(tmp_path: Path) -> None:
         r["test_acc"] for r in json.loads((runs["1x4"] / "results.json").read_text())["replicas"]
     }
     assert len(accs) > 1
+
+
+def test_coarser_inter_node_period_runs_and_changes_the_reference(tmp_path: Path) -> None:
+    """Two simulated nodes crossing every 2nd outer step: a node-level mean in between."""
+    args = [*ARGS, "cluster.replicas_per_process=1", "cluster.processes_per_node=2"]
+    runs = {}
+    for period in (1, 2):
+        run_dir = tmp_path / f"period{period}"
+        done = run_torchrun(
+            4, [*args, f"cluster.inter_node_period={period}", f"hydra.run.dir={run_dir}"], tmp_path
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+        runs[period] = _reference(run_dir)
+    assert any(not torch.allclose(runs[1][k], runs[2][k]) for k in runs[1])
