@@ -178,3 +178,37 @@ def test_quarantine_across_processes(tmp_path: Path, port: int) -> None:
         assert all(torch.isfinite(r).all() for r in result["reference"])
     for a, b in zip(results[0]["reference"], results[1]["reference"]):
         assert torch.equal(a, b)
+
+
+def _dp_run(comm, replicas_here: list[int]) -> list[torch.Tensor]:
+    from elastic_entropy.optim import DataParallelSGD, replica_param_groups
+
+    torch.manual_seed(0)
+    init = nn.Linear(4, 3)
+    models = [nn.Linear(4, 3) for _ in replicas_here]
+    for m in models:
+        m.load_state_dict(init.state_dict())
+    opt = DataParallelSGD(replica_param_groups(m.parameters() for m in models), lr=0.1, comm=comm)
+    for step in range(6):
+        for m, replica in zip(models, replicas_here):
+            x = torch.randn(8, 4, generator=torch.Generator().manual_seed(1000 * replica + step))
+            nn.functional.mse_loss(m(x), x[:, :3].cos()).backward()
+        opt.step()
+        opt.zero_grad()
+    return [p.detach().clone() for p in models[0].parameters()]
+
+
+def dp_sgd_two_processes(rank: int, world: int) -> list[torch.Tensor]:
+    from elastic_entropy.comm import DistributedCommunicator
+
+    return _dp_run(DistributedCommunicator(1), [rank])
+
+
+def test_data_parallel_baseline_across_processes(tmp_path: Path, port: int) -> None:
+    from elastic_entropy.comm import LocalCommunicator
+
+    results = spawn("dp_sgd_two_processes", 2, port, tmp_path)
+    local = _dp_run(LocalCommunicator(2), [0, 1])
+    for params in results:
+        for got, want in zip(params, local):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
