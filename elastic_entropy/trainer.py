@@ -802,6 +802,8 @@ def finish(run: Run, wall_s: float) -> dict[str, Any]:
         "test": evaluate(run.reference_model, data.x_test, data.y_test),
         "train": evaluate(run.reference_model, data.x_train, data.y_train),
     }
+    if data.x_val is not None and data.y_val is not None:
+        reference["val"] = evaluate(run.reference_model, data.x_val, data.y_val)
     local = [
         (run.optimizer.comm.replica_offset + a, evaluate(m, data.x_test, data.y_test)["acc"])
         for a, m in enumerate(run.models)
@@ -823,6 +825,7 @@ def finish(run: Run, wall_s: float) -> dict[str, Any]:
             "test_loss": reference["test"]["loss"],
             "train_acc": reference["train"]["acc"],
             "train_loss": reference["train"]["loss"],
+            **({"val_acc": reference["val"]["acc"]} if "val" in reference else {}),
         },
         "replicas": [{"replica": a, "test_acc": acc} for a, acc in replicas],
         "communication": {

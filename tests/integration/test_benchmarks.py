@@ -48,3 +48,32 @@ def test_benchmark_writes_its_results(
     assert all(isinstance(v, float) for v in figures["ratios"].values())
     table = (tmp_path / f"{name}.md").read_text()
     assert figures["command"] in table
+
+
+def test_accuracy_benchmark_quick_writes_records(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.accuracy", "--quick", "--out", str(tmp_path)],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1].startswith("ratios: digits:parle n=3-sgd=")
+    records = json.loads((tmp_path / "accuracy.json").read_text())
+    keys = {
+        "dataset",
+        "model",
+        "algorithm",
+        "num_replicas",
+        "budget",
+        "seed",
+        "test_acc",
+        "train_acc",
+        "wall_s",
+        "grad_evals_per_replica",
+    }
+    assert len(records) == 2 and all(keys <= set(r) for r in records)
+    assert all(0.0 <= r["test_acc"] <= 1.0 for r in records)
+    assert "mean ± std" in (tmp_path / "accuracy_summary.md").read_text()
