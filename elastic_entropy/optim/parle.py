@@ -547,6 +547,12 @@ class Parle(Optimizer):
         means, valid_global = self._average("live")
         if self._should_diagnose:
             self._measure(means, "live", gamma=0.0, rho=rho if is_coupled else 0.0)
+        self._elastic_update(means if is_coupled else None, rho if is_coupled else 0.0)
+        if not bool(valid_global.all()):
+            self._quarantine(valid_global)
+
+    def _elastic_update(self, means: dict[_StorageKey, Tensor] | None, rho: float) -> None:
+        """The no-inner-loop Nesterov step on every segment (``means`` only when coupled)."""
         for segment in self._segments:
             storage, cols = self._views(segment)
             group = self.param_groups[segment.group_index]
@@ -554,16 +560,14 @@ class Parle(Optimizer):
                 [storage.live[:, cols]],
                 [storage.grad[:, cols]],
                 [storage.state["outer_momentum"][:, cols]],
-                [means[segment.key][cols] if is_coupled else None],
+                [means[segment.key][cols] if means is not None else None],
                 [storage.scratch[:, cols]],
                 lr=group["lr"],
                 momentum=group["momentum"],
                 nesterov=group["nesterov"],
                 weight_decay=group["weight_decay"],
-                rho=rho if is_coupled else 0.0,
+                rho=rho,
             )
-        if not bool(valid_global.all()):
-            self._quarantine(valid_global)
 
     # ------------------------------------------------------------------ diagnostics
     def request_diagnostics(self) -> None:
