@@ -150,7 +150,7 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
     (
         "unknown algorithm",
         ["algorithm=adam"],
-        "unknown algorithm 'adam'; choose one of elastic_sgd, entropy_sgd, parle, sgd",
+        "unknown algorithm 'adam'; choose one of dp_sgd, elastic_sgd, entropy_sgd, parle, sgd",
         _none,
     ),
     (
