@@ -39,6 +39,13 @@ def _worker(fn_name: str, rank: int, world: int, port: int, out: str) -> None:
             dist.destroy_process_group()
 
 
+def _assert_all_close(per_rank: list[list[torch.Tensor]], local: list[torch.Tensor]) -> None:
+    """Every process ended where the same replicas in one process end."""
+    for tensors in per_rank:
+        for got, want in zip(tensors, local):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
 def spawn(fn_name: str, world: int, port: int, tmp_path: Path) -> list:
     ctx = mp.get_context("spawn")
     procs = [
@@ -141,11 +148,9 @@ def test_mean_over_two_processes_of_two_replicas(tmp_path: Path, port: int) -> N
 def test_parle_over_processes_equals_parle_in_one_process(tmp_path: Path, port: int) -> None:
     from elastic_entropy.comm import LocalCommunicator
 
-    results = spawn("parle_two_processes", 2, port, tmp_path)
-    local = _parle_run(LocalCommunicator(2), [0, 1])
-    for reference in results:
-        for got, want in zip(reference, local):
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    _assert_all_close(
+        spawn("parle_two_processes", 2, port, tmp_path), _parle_run(LocalCommunicator(2), [0, 1])
+    )
 
 
 def parle_with_poisoned_replica(rank: int, world: int) -> dict:
@@ -207,8 +212,6 @@ def dp_sgd_two_processes(rank: int, world: int) -> list[torch.Tensor]:
 def test_data_parallel_baseline_across_processes(tmp_path: Path, port: int) -> None:
     from elastic_entropy.comm import LocalCommunicator
 
-    results = spawn("dp_sgd_two_processes", 2, port, tmp_path)
-    local = _dp_run(LocalCommunicator(2), [0, 1])
-    for params in results:
-        for got, want in zip(params, local):
-            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    _assert_all_close(
+        spawn("dp_sgd_two_processes", 2, port, tmp_path), _dp_run(LocalCommunicator(2), [0, 1])
+    )

@@ -27,23 +27,13 @@ def _batches(num: int, seed: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]
     ]
 
 
-@pytest.mark.parametrize("nesterov", [True, False])
-@pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
-def test_sgd_corner_matches_torch_sgd(nesterov: bool, weight_decay: float) -> None:
+def _assert_matches_torch_sgd(make, nesterov: bool, weight_decay: float, steps: int) -> None:
     ours, theirs = _model(), _model()
-    opt = Parle(
-        ours.parameters(),
-        lr=0.05,
-        momentum=0.9,
-        nesterov=nesterov,
-        num_inner_steps=0,
-        rho=0.0,
-        weight_decay=weight_decay,
-    )
+    opt = make(ours.parameters())
     ref = torch.optim.SGD(
         theirs.parameters(), lr=0.05, momentum=0.9, nesterov=nesterov, weight_decay=weight_decay
     )
-    for x, y in _batches(40):
+    for x, y in _batches(steps):
         for model, optimizer in ((ours, opt), (theirs, ref)):
             optimizer.zero_grad()
             nn.functional.cross_entropy(model(x), y).backward()
@@ -54,19 +44,28 @@ def test_sgd_corner_matches_torch_sgd(nesterov: bool, weight_decay: float) -> No
         torch.testing.assert_close(b, c, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("nesterov", [True, False])
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
+def test_sgd_corner_matches_torch_sgd(nesterov: bool, weight_decay: float) -> None:
+    def make(params):
+        return Parle(
+            params,
+            lr=0.05,
+            momentum=0.9,
+            nesterov=nesterov,
+            num_inner_steps=0,
+            rho=0.0,
+            weight_decay=weight_decay,
+        )
+
+    _assert_matches_torch_sgd(make, nesterov, weight_decay, steps=40)
+
+
 def test_sgd_preset_is_the_same_corner() -> None:
-    ours, theirs = _model(), _model()
-    opt = SGD(ours.parameters(), lr=0.05, momentum=0.9, weight_decay=1e-4)
-    ref = torch.optim.SGD(
-        theirs.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4
-    )
-    for x, y in _batches(10):
-        for model, optimizer in ((ours, opt), (theirs, ref)):
-            optimizer.zero_grad()
-            nn.functional.cross_entropy(model(x), y).backward()
-            optimizer.step()
-    for p, q in zip(ours.parameters(), theirs.parameters()):
-        torch.testing.assert_close(p, q, rtol=0, atol=1e-6)
+    def make(params):
+        return SGD(params, lr=0.05, momentum=0.9, weight_decay=1e-4)
+
+    _assert_matches_torch_sgd(make, True, 1e-4, steps=10)
 
 
 # ---------------------------------------------------------------- the spec, written out per tensor
