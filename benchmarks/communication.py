@@ -24,6 +24,7 @@ from torch import nn
 
 from benchmarks.common import write_results
 from elastic_entropy.data import load_dataset
+from elastic_entropy.distributed import exit_worker
 from elastic_entropy.models import cnn1d
 
 NPROC = 2
@@ -93,7 +94,7 @@ def _ddp_worker(rank: int, port: int, steps: int, batch: int, out: str) -> None:
         opt.zero_grad()
     if rank == 0:
         Path(out).write_text(json.dumps({"bytes": sent[0], "collectives": sent[1]}))
-    dist.destroy_process_group()
+    exit_worker(0)
 
 
 def ddp_bytes_per_sample(steps: int, batch: int, workdir: Path) -> dict:

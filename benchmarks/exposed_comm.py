@@ -26,6 +26,7 @@ from torch import nn
 
 from benchmarks.common import write_results
 from elastic_entropy.comm import DistributedCommunicator, LocalCommunicator
+from elastic_entropy.distributed import exit_worker
 from elastic_entropy.optim import Parle
 
 NPROC = 2
@@ -77,8 +78,7 @@ def _worker(rank: int, port: int, args: dict, out: str) -> None:
     dist.all_gather_object(gathered, times)
     if rank == 0:
         Path(out).write_text(json.dumps(gathered))
-    dist.barrier()
-    dist.destroy_process_group()
+    exit_worker(0)
 
 
 def main() -> None:

@@ -12,8 +12,9 @@ import datetime
 import os
 import random
 import re
+import sys
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 import torch
@@ -209,6 +210,21 @@ def teardown(info: DistInfo, *, is_clean: bool = True) -> None:
             # leave together, then destroy (after an error a peer may never arrive: skip it)
             dist.barrier()
         dist.destroy_process_group()
+
+
+def exit_worker(code: int = 0) -> NoReturn:
+    """End a spawned worker process whose results are already written, skipping gloo's teardown.
+
+    gloo's destructors can abort a process ("terminate called without an active exception") when a
+    peer closes its sockets at the same moment, or when the group is freed during interpreter
+    finalisation; a worker that has done its work must not turn into a failure that way. On success
+    the ranks meet at a barrier first, so that no peer still waits on this one's last message.
+    """
+    if code == 0 and dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def seed_everything(seed: int) -> None:

@@ -25,18 +25,16 @@ def _init(rank: int, world: int, port: int) -> None:
 
 
 def _worker(fn_name: str, rank: int, world: int, port: int, out: str) -> None:
+    from elastic_entropy.distributed import exit_worker
+
     try:
         _init(rank, world, port)
         result = globals()[fn_name](rank, world)
         torch.save(result, Path(out) / f"rank{rank}.pt")
     except BaseException:
         (Path(out) / f"rank{rank}.err").write_text(traceback.format_exc())
-        raise
-    finally:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        exit_worker(1)
+    exit_worker(0)
 
 
 def _assert_all_close(per_rank: list[list[torch.Tensor]], local: list[torch.Tensor]) -> None:
