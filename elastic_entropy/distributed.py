@@ -9,6 +9,7 @@ explicit timeout so that a dead peer ends the job instead of hanging it.
 from __future__ import annotations
 
 import datetime
+import gc
 import os
 import random
 import re
@@ -210,6 +211,9 @@ def teardown(info: DistInfo, *, is_clean: bool = True) -> None:
             # leave together, then destroy (after an error a peer may never arrive: skip it)
             dist.barrier()
         dist.destroy_process_group()
+        # free a group held in reference cycles now, not during interpreter finalisation, where
+        # gloo's destructor can abort the process
+        gc.collect()
 
 
 def exit_worker(code: int = 0) -> NoReturn:
