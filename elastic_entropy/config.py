@@ -1,6 +1,7 @@
 """Structured configs: one dataclass per component, registered as options of Hydra's groups.
 
-Groups: ``algorithm/`` (parle, entropy_sgd, elastic_sgd, sgd), ``model/`` (cnn1d, mlp, lenet),
+Groups: ``algorithm/`` (parle, entropy_sgd, elastic_sgd, sgd, dp_sgd, local_sgd), ``model/``
+(cnn1d, mlp, lenet),
 ``data/`` (mnist1d, digits, mnist, cifar10), ``scoping/`` (exponential, constant), ``cluster/``
 (local, gpu), ``logger/`` (basic, tensorboard, wandb, all). Algorithm keys are the optimizer's
 argument names. Values are checked in ``__post_init__``, which runs when the composed config
@@ -42,6 +43,10 @@ class AlgorithmConfig:
             0.0 <= self.momentum < 1.0, "algorithm.momentum", self.momentum, "must be in [0, 1)"
         )
         _non_negative("algorithm.weight_decay", self.weight_decay)
+
+    def steps_per_exchange(self) -> int:
+        """Minibatches per outer step (one exchange between replicas): 1 without an inner loop."""
+        return max(1, getattr(self, "num_inner_steps", 1))
 
     def optimizer_kwargs(self) -> dict[str, Any]:
         """Everything but ``name``: the keys are the optimizer's argument names."""
@@ -112,6 +117,27 @@ class DataParallelSGDConfig(AlgorithmConfig):
 
     name: str = "dp_sgd"
     DEFAULT_REPLICAS: ClassVar[int] = 4
+
+
+@dataclass
+class LocalSGDConfig(AlgorithmConfig):
+    """Replicas run SGD alone and are replaced by their average every num_local_steps steps."""
+
+    name: str = "local_sgd"
+    num_local_steps: int = 10
+    DEFAULT_REPLICAS: ClassVar[int] = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            self.num_local_steps >= 1,
+            "algorithm.num_local_steps",
+            self.num_local_steps,
+            "must be >= 1 (1 averages after every step)",
+        )
+
+    def steps_per_exchange(self) -> int:
+        return self.num_local_steps
 
 
 @dataclass
@@ -419,6 +445,7 @@ GROUPS: dict[str, dict[str, Any]] = {
         "elastic_sgd": ElasticSGDConfig,
         "sgd": SGDConfig,
         "dp_sgd": DataParallelSGDConfig,
+        "local_sgd": LocalSGDConfig,
     },
     "model": {"cnn1d": CNN1DConfig, "mlp": MLPConfig, "lenet": LeNetConfig},
     "data": {

@@ -48,6 +48,7 @@ from elastic_entropy.optim import (
     DataParallelSGD,
     ElasticSGD,
     EntropySGD,
+    LocalSGD,
     Parle,
     replica_param_groups,
 )
@@ -61,6 +62,7 @@ ALGORITHMS: dict[str, type[Parle]] = {
     "elastic_sgd": ElasticSGD,
     "sgd": SGD,
     "dp_sgd": DataParallelSGD,
+    "local_sgd": LocalSGD,
 }
 
 
@@ -155,8 +157,7 @@ class Plan:
 
 def make_plan(cfg: Config, num_train: int) -> Plan:
     steps_per_epoch = max(1, num_train // cfg.data.batch_size)
-    num_inner = getattr(cfg.algorithm, "num_inner_steps", 0)
-    period = max(1, num_inner)
+    period = cfg.algorithm.steps_per_exchange()
     wanted = cfg.max_steps if cfg.max_steps is not None else math.ceil(cfg.epochs * steps_per_epoch)
     # end on an outer-step boundary, where the live parameters are the anchors
     total = math.ceil(wanted / period) * period
@@ -363,7 +364,7 @@ def base_metrics(run: Run, step: int, wall_s: float, since: tuple[int, float]) -
     ``since`` is the (step, wall time) of the previous record: samples/s is over that interval.
     """
     opt, plan = run.optimizer, run.plan
-    period = max(1, opt.num_inner_steps)
+    period = opt.steps_per_exchange
     # gamma_t and rho_t of the outer step that minibatch `step` belongs to (the schedules have
     # already moved on when it has just completed): the values the logged forces were scaled by
     t = opt.gamma_schedule.t - (1 if step % period == 0 else 0)
@@ -739,7 +740,7 @@ def fit(run: Run, stop: StopSignals) -> float:
             save_config(run)
         run.metrics.truncate_after(0)  # lines of an attempt that died before any checkpoint
     run.metrics.start(progressed.step, _logged_config(run))
-    period = max(1, run.optimizer.num_inner_steps)
+    period = run.optimizer.steps_per_exchange
     checkpoint_every = cfg.checkpoint.every_outer_steps * period
     log_every = cfg.logger.every_outer_steps * period
     desc = f"{cfg.algorithm.name} x{run.optimizer.num_replicas}"

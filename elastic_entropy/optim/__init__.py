@@ -3,6 +3,7 @@
 from elastic_entropy.optim.dp_sgd import DataParallelSGD
 from elastic_entropy.optim.elastic_sgd import ElasticSGD
 from elastic_entropy.optim.entropy_sgd import EntropySGD
+from elastic_entropy.optim.local_sgd import LocalSGD
 from elastic_entropy.optim.parle import DivergedError, Parle, replica_param_groups
 from elastic_entropy.optim.sgd import SGD
 
@@ -12,6 +13,7 @@ __all__ = [
     "DivergedError",
     "ElasticSGD",
     "EntropySGD",
+    "LocalSGD",
     "Parle",
     "replica_param_groups",
 ]

@@ -350,9 +350,14 @@ class Parle(Optimizer):
         return self.comm.num_replicas
 
     @property
+    def steps_per_exchange(self) -> int:
+        """Minibatches per outer step, i.e. per exchange with the other replicas (``L``, or 1)."""
+        return max(1, self.num_inner_steps)
+
+    @property
     def is_outer_step_done(self) -> bool:
         """True between outer steps, when the live parameters hold the anchors."""
-        return self.num_inner_steps == 0 or self.num_steps % self.num_inner_steps == 0
+        return self.num_steps % self.steps_per_exchange == 0
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Zero the flat gradient buffers in place (``set_to_none`` is ignored: gradients stay

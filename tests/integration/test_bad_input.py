@@ -88,6 +88,12 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
         _none,
     ),
     ("L = 0 for parle", ["algorithm.num_inner_steps=0"], "use algorithm=elastic_sgd or sgd", _none),
+    (
+        "local SGD never averaging",
+        ["algorithm=local_sgd", "algorithm.num_local_steps=0"],
+        "Invalid algorithm.num_local_steps: 0 (must be >= 1",
+        _none,
+    ),
     ("negative gamma", ["algorithm.gamma=-1"], "Invalid algorithm.gamma: -1.0", _none),
     ("negative rho", ["algorithm.rho=-1"], "Invalid algorithm.rho: -1.0", _none),
     ("negative noise", ["algorithm.noise=-1"], "Invalid algorithm.noise: -1.0", _none),
@@ -150,7 +156,8 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
     (
         "unknown algorithm",
         ["algorithm=adam"],
-        "unknown algorithm 'adam'; choose one of dp_sgd, elastic_sgd, entropy_sgd, parle, sgd",
+        "unknown algorithm 'adam'; choose one of dp_sgd, elastic_sgd, entropy_sgd, local_sgd, "
+        "parle, sgd",
         _none,
     ),
     (

@@ -53,6 +53,21 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     assert len(list((tmp_path / "outputs").glob("*/*"))) == 1  # one run directory, from rank 0
 
 
+def test_local_sgd_averages_every_h_steps_across_processes(tmp_path: Path) -> None:
+    args = ["algorithm=local_sgd", "algorithm.num_local_steps=5", "cluster.replicas_per_process=2"]
+    done = run_torchrun(2, [*args, "max_steps=20", "eval_every=100", "progress=false"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = _run_dir(done.stdout)
+    result = json.loads((run_dir / "results.json").read_text())
+    assert result["num_replicas"] == 4
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    trained = [r for r in lines if "train_loss" in r]
+    # 20 steps, one average every 5 (the reference evaluations at the end come on top)
+    assert [(r["step"], r["collectives"]) for r in trained] == [(5, 1), (10, 2), (15, 3), (20, 4)]
+    assert result["communication"]["collectives"] > 4
+    assert all(r["distance/replica_3"] > 0 for r in trained)  # replicas drift between averages
+
+
 def test_help_and_cfg_job(tmp_path: Path) -> None:
     done = run_cli(["--help"], tmp_path)
     assert done.returncode == 0

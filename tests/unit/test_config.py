@@ -28,7 +28,7 @@ def test_default_is_parle_with_four_replicas_on_mnist1d() -> None:
 
 
 @pytest.mark.parametrize(
-    ("option", "replicas"), [("sgd", 1), ("entropy_sgd", 1), ("elastic_sgd", 4)]
+    ("option", "replicas"), [("sgd", 1), ("entropy_sgd", 1), ("elastic_sgd", 4), ("local_sgd", 4)]
 )
 def test_each_algorithm_has_its_own_keys(option: str, replicas: int) -> None:
     cfg = _config(f"algorithm={option}")
