@@ -387,6 +387,9 @@ HELP_FOOTER = """Use --cfg job to print the composed config, --help for this tex
 Couplings are strengths: Deep Relaxation's variance is 1/gamma."""
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass
 class Config:
     defaults: list[Any] = field(
@@ -423,6 +426,8 @@ class Config:
     epochs: float = 20.0  # minibatches per replica = epochs x (training set / batch size)
     max_steps: int | None = None  # when set, replaces epochs (minibatches per replica)
     eval_every: float = 1.0  # epochs between evaluations of the reference
+    # constant, or cosine: lr and inner_lr annealed from their values to 0 over the run
+    lr_schedule: str = "constant"
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -430,6 +435,12 @@ class Config:
         if self.max_steps is not None:
             _require(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
         _require(self.eval_every > 0, "eval_every", self.eval_every, "must be > 0")
+        _require(
+            self.lr_schedule in LR_SCHEDULES,
+            "lr_schedule",
+            self.lr_schedule,
+            f"choose one of {', '.join(LR_SCHEDULES)}",
+        )
 
     @property
     def replicas_per_process(self) -> int:

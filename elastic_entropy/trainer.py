@@ -327,6 +327,7 @@ def train_step(run: Run) -> Tensor:
     Returns each replica's minibatch loss and accuracy, ``[2, replicas]``, left on the device so
     that nothing waits for them until a metrics record is written.
     """
+    _schedule_learning_rates(run)
     losses, hits = [], []
     for a, model in enumerate(run.models):
         index = run.samplers[a].next()
@@ -340,6 +341,26 @@ def train_step(run: Run) -> Tensor:
     run.optimizer.step()
     run.optimizer.zero_grad()
     return torch.stack([torch.stack(losses), torch.stack(hits)])
+
+
+def lr_factor(schedule: str, step: int, total_steps: int) -> float:
+    """The multiplier of the learning rates at minibatch ``step`` (0-based) of ``total_steps``."""
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
+    return 1.0
+
+
+def _schedule_learning_rates(run: Run) -> None:
+    """Set lr and inner_lr for the coming step: a function of the step alone, so that a resumed
+    run takes the same rates."""
+    if run.cfg.lr_schedule == "constant":
+        return
+    factor = lr_factor(run.cfg.lr_schedule, run.optimizer.num_steps, run.plan.total_steps)
+    inner_lr = getattr(run.cfg.algorithm, "inner_lr", None)
+    for group in run.optimizer.param_groups:
+        group["lr"] = run.cfg.algorithm.lr * factor
+        if inner_lr is not None:
+            group["inner_lr"] = inner_lr * factor
 
 
 def _dp_bytes(run: Run, steps: int) -> int:

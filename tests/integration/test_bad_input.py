@@ -94,6 +94,12 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
         "Invalid algorithm.num_local_steps: 0 (must be >= 1",
         _none,
     ),
+    (
+        "unknown lr schedule",
+        ["lr_schedule=linear"],
+        "Invalid lr_schedule: 'linear' (choose one of constant, cosine)",
+        _none,
+    ),
     ("negative gamma", ["algorithm.gamma=-1"], "Invalid algorithm.gamma: -1.0", _none),
     ("negative rho", ["algorithm.rho=-1"], "Invalid algorithm.rho: -1.0", _none),
     ("negative noise", ["algorithm.noise=-1"], "Invalid algorithm.noise: -1.0", _none),

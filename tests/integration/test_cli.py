@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -66,6 +67,20 @@ def test_local_sgd_averages_every_h_steps_across_processes(tmp_path: Path) -> No
     assert [(r["step"], r["collectives"]) for r in trained] == [(5, 1), (10, 2), (15, 3), (20, 4)]
     assert result["communication"]["collectives"] > 4
     assert all(r["distance/replica_3"] > 0 for r in trained)  # replicas drift between averages
+
+
+def test_cosine_schedule_anneals_both_learning_rates(tmp_path: Path) -> None:
+    args = ["lr_schedule=cosine", "algorithm.num_inner_steps=4", "algorithm.inner_lr=0.05"]
+    done = run_cli([*args, "max_steps=40", "eval_every=100", "progress=false"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = (_run_dir(done.stdout) / "metrics.jsonl").read_text().splitlines()
+    trained = [json.loads(line) for line in lines if "train_loss" in line]
+    # a record at step s carries the rates its last minibatch (0-based s - 1) used
+    for record in trained:
+        factor = 0.5 * (1 + math.cos(math.pi * (record["step"] - 1) / 40))
+        assert math.isclose(record["lr"], 0.1 * factor, rel_tol=1e-9)
+        assert math.isclose(record["inner_lr"], 0.05 * factor, rel_tol=1e-9)
+    assert trained[-1]["lr"] < 0.01 * trained[0]["lr"]
 
 
 def test_help_and_cfg_job(tmp_path: Path) -> None:
