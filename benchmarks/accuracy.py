@@ -1,13 +1,24 @@
-"""Accuracy: Parle's reference against tuned SGD and the other corners, mean and std over seeds.
+"""Accuracy: Parle's reference against tuned SGD and the other corners, at two budgets.
 
     python -m benchmarks.accuracy                  # MNIST-1D (1-D CNN) and digits (MLP), 3 seeds
-    python -m benchmarks.accuracy --quick          # one seed, a few epochs: checks the pipeline
+    python -m benchmarks.accuracy --quick          # digits, one seed, one epoch: the pipeline
 
-Budget: equal gradient evaluations per replica (the papers' effective epochs). SGD's learning rate
-is tuned on a validation split carved from the training set (never on test), then every method
-trains on the remaining training data and is scored on the test split. Writes one record per run
-to benchmarks/results/accuracy.json (dataset, model, algorithm, num_replicas, budget, seed,
-test_acc, train_acc, wall_s, grad_evals_per_replica), a markdown table and a plot.
+Two budgets. *Equal gradient evaluations*: every method trains ``--epochs`` epochs per replica (the
+papers' effective epochs). *Equal wall-clock on the same workers*: every method gets the wall time
+Parle n=3 takes for those epochs on this machine, i.e. its epochs are scaled by the ratio of the
+measured wall times, so single-replica SGD trains about n times longer than each Parle replica.
+
+Nothing is tuned on test. A validation split (10 % of the training set) chooses SGD's learning
+rate and schedule (grid below, per dataset and budget; the SGD-family baselines reuse them), and
+the Parle investigation: one factor at a time away from the default Parle n=3 (L, gamma, rho,
+scoping, lr, schedule, noise, shards, n) at equal wall-clock, seed 0, then the factors that
+raised the validation accuracy combined into one configuration that runs on every seed.
+
+Writes to benchmarks/results/: accuracy.json (one record per run: dataset, model, algorithm,
+num_replicas, budget, seed, test_acc, train_acc, wall_s, grad_evals_per_replica, plus val_acc,
+epochs and the settings), accuracy_summary.{md,json} (the tables), accuracy.png (the table as
+bars) and accuracy_signature.png (training error, distance to the reference, gamma and rho over
+time, Parle vs SGD).
 """
 
 from __future__ import annotations
@@ -19,38 +30,47 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import RESULTS, write_results
 
 DATASETS = {"mnist1d": ["data=mnist1d", "model=cnn1d"], "digits": ["data=digits", "model=mlp"]}
-LR_GRID = (0.03, 0.1, 0.3)
+SGD_GRID = [(lr, schedule) for lr in (0.03, 0.1, 0.3) for schedule in ("constant", "cosine")]
+PARLE = ["algorithm=parle", "algorithm.num_inner_steps=5"]
 METHODS: dict[str, list[str]] = {
     "sgd": ["algorithm=sgd", "cluster.replicas_per_process=1"],
     "dp_sgd n=3": ["algorithm=dp_sgd", "cluster.replicas_per_process=3"],
+    "local_sgd n=3": [
+        "algorithm=local_sgd",
+        "algorithm.num_local_steps=5",
+        "cluster.replicas_per_process=3",
+    ],
     "entropy_sgd": [
         "algorithm=entropy_sgd",
         "algorithm.num_inner_steps=5",
         "cluster.replicas_per_process=1",
     ],
     "elastic_sgd n=3": ["algorithm=elastic_sgd", "cluster.replicas_per_process=3"],
-    "parle n=3": [
-        "algorithm=parle",
-        "algorithm.num_inner_steps=5",
-        "cluster.replicas_per_process=3",
-    ],
-    "parle n=6": [
-        "algorithm=parle",
-        "algorithm.num_inner_steps=5",
-        "cluster.replicas_per_process=6",
-    ],
-    "parle n=3 shard": [
-        "algorithm=parle",
-        "algorithm.num_inner_steps=5",
-        "cluster.replicas_per_process=3",
-        "data.policy=shard",
-    ],
+    "parle n=3": [*PARLE, "cluster.replicas_per_process=3"],
+    "parle n=6": [*PARLE, "cluster.replicas_per_process=6"],
+    "parle n=3 shard": [*PARLE, "cluster.replicas_per_process=3", "data.policy=shard"],
+}
+# the baselines built on SGD take the learning rate and schedule tuned for SGD
+TUNED = ("sgd", "dp_sgd n=3", "local_sgd n=3")
+# one factor at a time away from "parle n=3" (the investigation, on MNIST-1D)
+FACTORS: dict[str, list[str]] = {
+    "L=10": ["algorithm.num_inner_steps=10"],
+    "L=25": ["algorithm.num_inner_steps=25"],
+    "gamma=0.3": ["algorithm.gamma=0.3"],
+    "rho=0.1": ["algorithm.rho=0.1"],
+    "no scoping": ["scoping=constant"],
+    "lr=0.3": ["algorithm.lr=0.3"],
+    "cosine": ["lr_schedule=cosine"],
+    "noise=1e-3": ["algorithm.noise=0.001"],
+    "shard": ["data.policy=shard"],
+    "n=6": ["cluster.replicas_per_process=6"],
 }
 COMMON = [
     "progress=false",
@@ -60,38 +80,162 @@ COMMON = [
 ]
 
 
-def run(args: list[str], workdir: Path, name: str) -> dict[str, Any]:
-    run_dir = workdir / name
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    env.pop("RANK", None)
-    done = subprocess.run(
-        [sys.executable, "-m", "elastic_entropy.train", *COMMON, *args, f"hydra.run.dir={run_dir}"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"{name} failed: {done.stderr.strip().splitlines()[-1]}")
-    return json.loads((run_dir / "results.json").read_text())
+@dataclass
+class Bench:
+    workdir: Path
+    epochs: float
+    seeds: list[int]
+    sgd_grid: list[tuple[float, str]]
+    records: list[dict[str, Any]] = field(default_factory=list)
+    runs: dict[str, Path] = field(default_factory=dict)
 
+    def run(self, name: str, dataset: str, args: list[str], epochs: float, seed: int) -> dict:
+        """One CLI run (a fresh process, one thread); its results.json."""
+        run_dir = self.workdir / name.replace(" ", "_").replace("=", "")
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        env.pop("RANK", None)
+        command = [
+            sys.executable,
+            "-m",
+            "elastic_entropy.train",
+            *COMMON,
+            *DATASETS[dataset],
+            *args,
+            f"epochs={epochs:.6g}",
+            f"seed={seed}",
+            f"hydra.run.dir={run_dir}",
+        ]
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{name} failed: {done.stderr.strip().splitlines()[-1]}")
+        self.runs[name] = run_dir
+        return json.loads((run_dir / "results.json").read_text())
 
-def tune_sgd_lr(dataset: str, epochs: float, workdir: Path) -> float:
-    """The learning rate with the best validation accuracy (seed 0)."""
-    scores = {}
-    for lr in LR_GRID:
-        result = run(
-            [
-                *DATASETS[dataset],
-                *METHODS["sgd"],
-                f"algorithm.lr={lr}",
-                f"epochs={epochs}",
-                "seed=0",
-            ],
-            workdir,
-            f"tune-{dataset}-{lr}",
+    def record(self, result: dict, dataset: str, method: str, budget: str, **extra: Any) -> None:
+        self.records.append(
+            {
+                "dataset": dataset,
+                "model": result["model"],
+                "algorithm": method,
+                "num_replicas": result["num_replicas"],
+                "budget": budget,
+                "seed": extra.pop("seed"),
+                "test_acc": result["reference"]["test_acc"],
+                "train_acc": result["reference"]["train_acc"],
+                "val_acc": result["reference"]["val_acc"],
+                "wall_s": result["wall_s"],
+                "grad_evals_per_replica": result["steps_per_replica"],
+                **extra,
+            }
         )
-        scores[lr] = result["reference"]["val_acc"]
-    return max(scores, key=scores.get)
+
+    def select(self, **match: Any) -> list[dict[str, Any]]:
+        return [r for r in self.records if all(r.get(k) == v for k, v in match.items())]
+
+
+def tune_sgd(bench: Bench, dataset: str, epochs: float, budget: str) -> list[str]:
+    """The (lr, schedule) with the best validation accuracy of SGD, seed 0."""
+    scores = {}
+    for lr, schedule in bench.sgd_grid:
+        name = f"tune {dataset} {budget} {lr} {schedule}"
+        args = [*METHODS["sgd"], f"algorithm.lr={lr}", f"lr_schedule={schedule}"]
+        scores[(lr, schedule)] = bench.run(name, dataset, args, epochs, 0)["reference"]["val_acc"]
+    lr, schedule = max(scores, key=lambda key: scores[key])
+    return [f"algorithm.lr={lr}", f"lr_schedule={schedule}"]
+
+
+def run_budget(
+    bench: Bench, dataset: str, methods: list[str], budget: str, epochs: dict[str, float]
+) -> None:
+    """Every method on every seed; ``epochs`` per method (equal evals: all the same)."""
+    tuned = tune_sgd(bench, dataset, epochs["sgd"], budget)
+    for method in methods:
+        args = [*METHODS[method], *(tuned if method in TUNED else [])]
+        for seed in bench.seeds:
+            name = f"{dataset} {budget} {method} {seed}"
+            result = bench.run(name, dataset, args, epochs[method], seed)
+            bench.record(
+                result, dataset, method, budget, seed=seed, epochs=epochs[method], settings=args
+            )
+
+
+def wall_epochs(bench: Bench, dataset: str, methods: list[str]) -> dict[str, float]:
+    """Epochs per method that fill the wall time Parle n=3 took at equal gradient evaluations."""
+
+    def wall(method: str) -> float:
+        return statistics.mean(
+            r["wall_s"] for r in bench.select(dataset=dataset, algorithm=method, budget="evals")
+        )
+
+    target = wall("parle n=3")
+    return {m: bench.epochs * target / wall(m) for m in methods}
+
+
+def investigate(bench: Bench, dataset: str, epochs: dict[str, float]) -> dict[str, Any]:
+    """One factor at a time at equal wall-clock (seed 0, chosen on validation), then the
+    combination of the factors that helped, on every seed."""
+    base = METHODS["parle n=3"]
+    cost = {"n=6": epochs["parle n=6"]}
+
+    def trial(label: str, args: list[str], seed: int = 0) -> dict:
+        run_epochs = cost["n=6"] if "cluster.replicas_per_process=6" in args else bench.epochs
+        result = bench.run(f"{dataset} factor {label} {seed}", dataset, args, run_epochs, seed)
+        bench.record(
+            result, dataset, f"parle {label}", "wall", seed=seed, epochs=run_epochs, settings=args
+        )
+        return result["reference"]
+
+    baseline = trial("n=3", base)
+    rows = [{"factor": "(default parle n=3)", **baseline}]
+    helped: list[str] = []
+    for label, args in FACTORS.items():
+        reference = trial(label, [*base, *args])
+        rows.append({"factor": label, **reference})
+        if reference["val_acc"] > baseline["val_acc"]:
+            helped.append(label)
+    combined = [*base, *(a for label in helped for a in FACTORS[label])]
+    for seed in bench.seeds:
+        trial("combined", combined, seed)
+    return {"rows": rows, "helped": helped, "combined": combined}
+
+
+def summary(bench: Bench, datasets: list[str], methods: list[str]) -> tuple[str, dict]:
+    rows = [
+        f"reference test accuracy, mean ± std over {len(bench.seeds)} seed(s); budgets: evals = "
+        f"{bench.epochs:g} epochs per replica, wall = the wall time of parle n=3 at that budget",
+        f"  {'dataset':<9}{'method':<20}{'budget':<7}{'epochs':>7}{'test acc':>17}"
+        f"{'val acc':>9}{'train acc':>10}{'wall s':>8}",
+    ]
+    means: dict[tuple[str, str, str], float] = {}
+    for dataset in datasets:
+        for budget in ("evals", "wall"):
+            names = [*methods, *(["parle combined"] if budget == "wall" else [])]
+            for method in names:
+                chosen = bench.select(dataset=dataset, algorithm=method, budget=budget)
+                if not chosen:
+                    continue
+                accs = [r["test_acc"] for r in chosen]
+                std = statistics.stdev(accs) if len(accs) > 1 else 0.0
+                means[(dataset, method, budget)] = statistics.mean(accs)
+                rows.append(
+                    f"  {dataset:<9}{method:<20}{budget:<7}{chosen[0]['epochs']:>7.1f}"
+                    f"{statistics.mean(accs):>11.4f} ± {std:.4f}"
+                    f"{statistics.mean(r['val_acc'] for r in chosen):>9.4f}"
+                    f"{statistics.mean(r['train_acc'] for r in chosen):>10.4f}"
+                    f"{statistics.mean(r['wall_s'] for r in chosen):>8.1f}"
+                )
+    return "\n".join(rows), means
+
+
+def factor_table(found: dict[str, Any]) -> str:
+    rows = [
+        "one factor at a time from parle n=3 (MNIST-1D, equal wall-clock, seed 0); chosen on val",
+        f"  {'factor':<22}{'val acc':>9}{'test acc':>10}",
+    ]
+    for row in found["rows"]:
+        rows.append(f"  {row['factor']:<22}{row['val_acc']:>9.4f}{row['test_acc']:>10.4f}")
+    rows.append(f"  helped on val: {', '.join(found['helped']) or 'none'}")
+    return "\n".join(rows)
 
 
 def main() -> None:
@@ -102,73 +246,110 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     args = parser.parse_args()
     epochs = args.epochs or (1.0 if args.quick else 20.0)
-    seeds = range(args.seeds or (1 if args.quick else 3))
+    seeds = list(range(args.seeds or (1 if args.quick else 3)))
     datasets = ["digits"] if args.quick else list(DATASETS)
     methods = ["sgd", "parle n=3"] if args.quick else list(METHODS)
-    records = []
-    with tempfile.TemporaryDirectory() as tmp:
-        workdir = Path(tmp)
-        for dataset in datasets:
-            lr = tune_sgd_lr(dataset, epochs, workdir)
-            for method in methods:
-                for seed in seeds:
-                    extra = [f"algorithm.lr={lr}"] if method in ("sgd", "dp_sgd n=3") else []
-                    result = run(
-                        [
-                            *DATASETS[dataset],
-                            *METHODS[method],
-                            *extra,
-                            f"epochs={epochs}",
-                            f"seed={seed}",
-                        ],
-                        workdir,
-                        f"{dataset}-{method}-{seed}".replace(" ", "_").replace("=", ""),
-                    )
-                    records.append(
-                        {
-                            "dataset": dataset,
-                            "model": result["model"],
-                            "algorithm": method,
-                            "num_replicas": result["num_replicas"],
-                            "budget": f"{epochs:g} epochs",
-                            "seed": seed,
-                            "test_acc": result["reference"]["test_acc"],
-                            "train_acc": result["reference"]["train_acc"],
-                            "wall_s": result["wall_s"],
-                            "grad_evals_per_replica": result["steps_per_replica"],
-                            "sgd_lr": lr,
-                        }
-                    )
-    rows = [
-        f"reference test accuracy, {epochs:g} epochs per replica, "
-        f"mean ± std over {len(seeds)} seed(s)",
-        f"  {'dataset':<9}{'method':<18}{'test acc':>16}{'train acc':>11}{'wall s':>8}",
-    ]
-    means: dict[tuple[str, str], float] = {}
-    for dataset in datasets:
-        for method in methods:
-            chosen = [r for r in records if r["dataset"] == dataset and r["algorithm"] == method]
-            accs = [r["test_acc"] for r in chosen]
-            std = statistics.stdev(accs) if len(accs) > 1 else 0.0
-            means[(dataset, method)] = statistics.mean(accs)
-            rows.append(
-                f"  {dataset:<9}{method:<18}{statistics.mean(accs):>10.4f} ± {std:.4f}"
-                f"{statistics.mean(r['train_acc'] for r in chosen):>11.4f}"
-                f"{statistics.mean(r['wall_s'] for r in chosen):>8.1f}"
-            )
-    table = "\n".join(rows)
-    print(table)
     folder = args.out or RESULTS
     folder.mkdir(parents=True, exist_ok=True)
+    found = None
+    with tempfile.TemporaryDirectory() as tmp:
+        grid = [(0.1, "constant"), (0.1, "cosine")] if args.quick else SGD_GRID
+        bench = Bench(Path(tmp), epochs, seeds, grid)
+        for dataset in datasets:
+            run_budget(bench, dataset, methods, "evals", {m: epochs for m in methods})
+            scaled = wall_epochs(bench, dataset, methods)
+            run_budget(bench, dataset, methods, "wall", scaled)
+            if dataset == "mnist1d":
+                found = investigate(bench, dataset, scaled)
+        table, means = summary(bench, datasets, methods)
+        if found is not None:
+            table += "\n\n" + factor_table(found)
+        first = datasets[0]
+        plots = {
+            "sgd": bench.runs[f"{first} evals sgd 0"],
+            "parle n=3": bench.runs[f"{first} evals parle n=3 0"],
+        }
+        draw(bench, means, datasets, methods, plots, folder)
+    print(table)
     ratios = {
-        f"{d}:{m}-sgd": means[(d, m)] - means[(d, "sgd")]
+        f"{d}:{m}-sgd": means[(d, m, "wall")] - means[(d, "sgd", "wall")]
         for d in datasets
-        for m in methods
-        if m != "sgd"
+        for m in [*methods, "parle combined"]
+        if m != "sgd" and (d, m, "wall") in means
     }
-    write_results("accuracy_summary", {"ratios": ratios, "epochs": epochs}, table, folder)
-    (folder / "accuracy.json").write_text(json.dumps(records, indent=2) + "\n")
+    figures = {"ratios": ratios, "epochs": epochs, "investigation": found}
+    write_results("accuracy_summary", figures, table, folder)
+    (folder / "accuracy.json").write_text(json.dumps(bench.records, indent=2) + "\n")
     print("ratios: " + " ".join(f"{k}={v:+.4f}" for k, v in ratios.items()))
+
+
+def draw(
+    bench: Bench,
+    means: dict[tuple[str, str, str], float],
+    datasets: list[str],
+    methods: list[str],
+    signature_runs: dict[str, Path],
+    folder: Path,
+) -> None:
+    """accuracy.png (test accuracy per method and budget) and accuracy_signature.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets):
+        for offset, budget in ((-0.2, "evals"), (0.2, "wall")):
+            names = [m for m in [*methods, "parle combined"] if (dataset, m, budget) in means]
+            xs = [i + offset for i, m in enumerate(names)]
+            stds = []
+            for m in names:
+                chosen = bench.select(dataset=dataset, algorithm=m, budget=budget)
+                accs = [r["test_acc"] for r in chosen]
+                stds.append(statistics.stdev(accs) if len(accs) > 1 else 0.0)
+            values = [means[(dataset, m, budget)] for m in names]
+            ax.bar(xs, values, width=0.4, yerr=stds, label=f"equal {budget}")
+            ax.set_xticks(range(len(names)), names, rotation=35, ha="right", fontsize=8)
+        low = min(v for (d, _, _), v in means.items() if d == dataset)
+        ax.set_ylim(max(0.0, low - 0.03), 1.0)
+        ax.set_title(f"{dataset}: reference test accuracy")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(folder / "accuracy.png", dpi=110)
+    plt.close(fig)
+    signature(signature_runs, folder / "accuracy_signature.png", plt)
+
+
+def _records(run_dir: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def signature(runs: dict[str, Path], path: Path, plt: Any) -> None:
+    """The regularisation signature: Parle trains slower, its replicas stay near the reference
+    while the couplings grow, and it ends at or above SGD on test."""
+    fig, axes = plt.subplots(1, 4, figsize=(18, 3.6))
+    for label, run_dir in runs.items():
+        lines = _records(run_dir)
+        evals = [r for r in lines if "reference/train_acc" in r]
+        epochs = [r["epoch"] for r in evals]
+        axes[0].plot(epochs, [1 - r["reference/train_acc"] for r in evals], label=label)
+        axes[1].plot(epochs, [1 - r["reference/test_acc"] for r in evals], label=label)
+        trained = [r for r in lines if "distance" in r]
+        if label != "sgd":
+            axes[2].plot([r["epoch"] for r in trained], [r["distance"] for r in trained])
+            axes[3].plot(
+                [r["epoch"] for r in trained], [r["gamma"] for r in trained], label="gamma"
+            )
+            axes[3].plot([r["epoch"] for r in trained], [r["rho"] for r in trained], label="rho")
+    axes[0].set(title="training error of the reference", yscale="log", xlabel="epoch")
+    axes[1].set(title="test error of the reference", xlabel="epoch")
+    axes[2].set(title="parle: replica distance |z - r|", yscale="log", xlabel="epoch")
+    axes[3].set(title="parle: couplings (scoping)", yscale="log", xlabel="epoch")
+    for ax in (axes[0], axes[1], axes[3]):
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

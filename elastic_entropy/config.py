@@ -1,11 +1,10 @@
 """Structured configs: one dataclass per component, registered as options of Hydra's groups.
 
-Groups: ``algorithm/`` (parle, entropy_sgd, elastic_sgd, sgd, dp_sgd, local_sgd), ``model/``
-(cnn1d, mlp, lenet),
-``data/`` (mnist1d, digits, mnist, cifar10), ``scoping/`` (exponential, constant), ``cluster/``
-(local, gpu), ``logger/`` (basic, tensorboard, wandb, all). Algorithm keys are the optimizer's
-argument names. Values are checked in ``__post_init__``, which runs when the composed config
-becomes objects (``OmegaConf.to_object``).
+Groups: ``algorithm/`` (parle, entropy_sgd, elastic_sgd, sgd, dp_sgd, local_sgd, ddp),
+``model/`` (cnn1d, mlp, lenet), ``data/`` (mnist1d, digits, mnist, cifar10), ``scoping/``
+(exponential, constant), ``cluster/`` (local, gpu), ``logger/`` (basic, tensorboard, wandb, all).
+Algorithm keys are the optimizer's argument names. Values are checked in ``__post_init__``, which
+runs when the composed config becomes objects (``OmegaConf.to_object``).
 """
 
 from __future__ import annotations
@@ -117,6 +116,14 @@ class DataParallelSGDConfig(AlgorithmConfig):
 
     name: str = "dp_sgd"
     DEFAULT_REPLICAS: ClassVar[int] = 4
+
+
+@dataclass
+class DDPConfig(AlgorithmConfig):
+    """torch's DistributedDataParallel + SGD: one model per process, gradients all-reduced in
+    backward (start N processes with torchrun for N workers)."""
+
+    name: str = "ddp"
 
 
 @dataclass
@@ -435,6 +442,14 @@ class Config:
         if self.max_steps is not None:
             _require(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
         _require(self.eval_every > 0, "eval_every", self.eval_every, "must be > 0")
+        if self.algorithm.name == "ddp":
+            _require(
+                self.cluster.replicas_per_process in (None, 1),
+                "cluster.replicas_per_process",
+                self.cluster.replicas_per_process,
+                "algorithm=ddp wraps one model per process: start N processes with torchrun "
+                "--nproc-per-node=N, or use algorithm=dp_sgd for several replicas in one process",
+            )
         _require(
             self.lr_schedule in LR_SCHEDULES,
             "lr_schedule",
@@ -457,6 +472,7 @@ GROUPS: dict[str, dict[str, Any]] = {
         "sgd": SGDConfig,
         "dp_sgd": DataParallelSGDConfig,
         "local_sgd": LocalSGDConfig,
+        "ddp": DDPConfig,
     },
     "model": {"cnn1d": CNN1DConfig, "mlp": MLPConfig, "lenet": LeNetConfig},
     "data": {

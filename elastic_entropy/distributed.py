@@ -20,8 +20,10 @@ from typing import Any, NoReturn, TypeVar
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from elastic_entropy.comm import Communicator, LocalCommunicator
+from elastic_entropy.comm.base import CommStats
 from elastic_entropy.comm.torch_dist import DistributedCommunicator, HierarchicalCommunicator
 
 T = TypeVar("T")
@@ -214,6 +216,34 @@ def teardown(info: DistInfo, *, is_clean: bool = True) -> None:
         # free a group held in reference cycles now, not during interpreter finalisation, where
         # gloo's destructor can abort the process
         gc.collect()
+
+
+def wrap_data_parallel(model: nn.Module, info: DistInfo, stats: CommStats) -> nn.Module:
+    """torch's ``DistributedDataParallel`` around ``model``, its all-reduces counted in ``stats``
+    (a communication hook doing what DDP's default does: average each bucket).
+
+    One process alone has nothing to average with: the model is returned as it is.
+    """
+    if not info.is_distributed:
+        return model
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    # buffers (batch-norm statistics) stay per process, as in DataParallelSGD
+    wrapped = nn.parallel.DistributedDataParallel(
+        model, device_ids=device_ids, broadcast_buffers=False
+    )
+    world_size = info.world_size
+
+    # no annotations: DDP checks a hook's against its own classes, and here they are strings
+    def averaged(state, bucket):  # noqa: ANN001
+        buf = bucket.buffer()
+        stats.num_collectives += 1
+        stats.bytes_per_replica += buf.numel() * buf.element_size()
+        buf.div_(world_size)
+        future = dist.all_reduce(buf, async_op=True).get_future()
+        return future.then(lambda done: done.value()[0])
+
+    wrapped.register_comm_hook(None, averaged)
+    return wrapped
 
 
 def exit_worker(code: int = 0) -> NoReturn:

@@ -40,6 +40,7 @@ from elastic_entropy.distributed import (
     make_communicator,
     seed_everything,
     teardown,
+    wrap_data_parallel,
 )
 from elastic_entropy.loggers import Progress, RunLogger
 from elastic_entropy.models import build_model
@@ -50,6 +51,7 @@ from elastic_entropy.optim import (
     EntropySGD,
     LocalSGD,
     Parle,
+    SGDAfterDDP,
     replica_param_groups,
 )
 from elastic_entropy.scoping import Schedule, papers_rate
@@ -63,6 +65,7 @@ ALGORITHMS: dict[str, type[Parle]] = {
     "sgd": SGD,
     "dp_sgd": DataParallelSGD,
     "local_sgd": LocalSGD,
+    "ddp": SGDAfterDDP,
 }
 
 
@@ -230,10 +233,16 @@ class Run:
     plan: Plan
     metrics: RunLogger
     overrides: tuple[str, ...] = ()  # the command line, as Hydra parsed it
+    # what the forward pass runs: the models, or torch's DistributedDataParallel around them
+    wrapped: list[nn.Module] | None = None
 
     @property
     def replicas_per_process(self) -> int:
         return len(self.models)
+
+    @property
+    def forward_models(self) -> list[nn.Module]:
+        return self.wrapped if self.wrapped is not None else self.models
 
 
 def _check_run_dir(run_dir: Path) -> str | None:
@@ -306,6 +315,11 @@ def build_run(cfg: Config, info: DistInfo, run_dir: Path) -> Run:
         _has_dropout(first),
     )
     metrics = RunLogger(cfg.logger, run_dir, info.is_main)
+    wrapped = None
+    if cfg.algorithm.name == "ddp":
+        # after the optimizer has moved the parameters into its flat buffer: DDP keeps hooks on
+        # the same parameter objects, and its averaged gradients land in the optimizer's views
+        wrapped = [wrap_data_parallel(models[0], info, comm.stats)]
     return Run(
         cfg,
         info,
@@ -318,6 +332,7 @@ def build_run(cfg: Config, info: DistInfo, run_dir: Path) -> Run:
         randomness,
         plan,
         metrics,
+        wrapped=wrapped,
     )
 
 
@@ -329,7 +344,7 @@ def train_step(run: Run) -> Tensor:
     """
     _schedule_learning_rates(run)
     losses, hits = [], []
-    for a, model in enumerate(run.models):
+    for a, model in enumerate(run.forward_models):
         index = run.samplers[a].next()
         target = run.data.y_train[index]
         with run.randomness.use(a):

@@ -1,6 +1,6 @@
 """Optimizers: Parle and its presets, each a ``torch.optim.Optimizer``."""
 
-from elastic_entropy.optim.dp_sgd import DataParallelSGD
+from elastic_entropy.optim.dp_sgd import DataParallelSGD, SGDAfterDDP
 from elastic_entropy.optim.elastic_sgd import ElasticSGD
 from elastic_entropy.optim.entropy_sgd import EntropySGD
 from elastic_entropy.optim.local_sgd import LocalSGD
@@ -15,5 +15,6 @@ __all__ = [
     "EntropySGD",
     "LocalSGD",
     "Parle",
+    "SGDAfterDDP",
     "replica_param_groups",
 ]

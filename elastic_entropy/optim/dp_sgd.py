@@ -31,3 +31,19 @@ class DataParallelSGD(SGD):
                 )
             storage.grad.copy_(mean.expand_as(storage.grad))
         self._elastic_update(None, 0.0)
+
+
+class SGDAfterDDP(SGD):
+    r"""The optimizer half of ``algorithm=ddp``: torch's ``DistributedDataParallel`` has averaged
+    the gradients during ``backward()``; this takes ``torch.optim.SGD``'s step on them (the
+    parity-tested SGD corner) with no collective of its own, and stops on a non-finite gradient
+    as :class:`DataParallelSGD` does.
+    """
+
+    def _elastic_step(self) -> None:
+        for storage in self._storages.values():
+            if not bool(torch.isfinite(storage.grad.sum(dtype=torch.float64))):
+                raise DivergedError(
+                    f"the averaged gradient is not finite at step {self.num_steps + 1}; lower lr"
+                )
+        self._elastic_update(None, 0.0)

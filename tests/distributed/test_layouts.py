@@ -77,3 +77,33 @@ def test_coarser_inter_node_period_runs_and_changes_the_reference(tmp_path: Path
         assert done.returncode == 0, done.stderr[-3000:]
         runs[period] = _reference(run_dir)
     assert any(not torch.allclose(runs[1][k], runs[2][k]) for k in runs[1])
+
+
+def test_torch_ddp_over_two_processes_is_data_parallel_sgd_in_one(tmp_path: Path) -> None:
+    """algorithm=ddp (torch's DistributedDataParallel, 2 processes) takes the steps of dp_sgd
+    with 2 replicas in one process: the same reference, the same bytes per replica."""
+    args = [a for a in ARGS if not a.startswith(("algorithm.", "model.dropout"))]
+    one = run_cli(
+        [
+            *args,
+            "algorithm=dp_sgd",
+            "cluster.replicas_per_process=2",
+            f"hydra.run.dir={tmp_path}/dp",
+        ],
+        tmp_path,
+    )
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = run_torchrun(2, [*args, "algorithm=ddp", f"hydra.run.dir={tmp_path}/ddp"], tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    dp, ddp = _reference(tmp_path / "dp"), _reference(tmp_path / "ddp")
+    for key in dp:
+        torch.testing.assert_close(ddp[key], dp[key], rtol=1e-4, atol=1e-5, msg=key)
+    sent = [
+        [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        for name in ("dp", "ddp")
+    ]
+    # DDP's buckets hold every gradient once per step, as dp_sgd's one flat buffer does
+    trained = [
+        [(r["step"], r["bytes_per_replica"]) for r in run if "train_loss" in r] for run in sent
+    ]
+    assert trained[0] == trained[1] and trained[0][-1][1] > 0

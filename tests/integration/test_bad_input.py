@@ -95,6 +95,12 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
         _none,
     ),
     (
+        "torch DDP with several replicas in a process",
+        ["algorithm=ddp", "cluster.replicas_per_process=2"],
+        "algorithm=ddp wraps one model per process: start N processes with torchrun",
+        _none,
+    ),
+    (
         "unknown lr schedule",
         ["lr_schedule=linear"],
         "Invalid lr_schedule: 'linear' (choose one of constant, cosine)",
@@ -162,8 +168,8 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
     (
         "unknown algorithm",
         ["algorithm=adam"],
-        "unknown algorithm 'adam'; choose one of dp_sgd, elastic_sgd, entropy_sgd, local_sgd, "
-        "parle, sgd",
+        "unknown algorithm 'adam'; choose one of ddp, dp_sgd, elastic_sgd, entropy_sgd, "
+        "local_sgd, parle, sgd",
         _none,
     ),
     (
@@ -275,7 +281,10 @@ def test_bad_input(
 ) -> None:
     extra = setup(tmp_path, interrupted)
     before = _snapshot(tmp_path)
-    done = run_cli([*BASE, *args, *extra], tmp_path)
+    # another algorithm has no num_inner_steps to override
+    switched = any(a.startswith("algorithm=") for a in args)
+    base = [a for a in BASE if not (switched and a.startswith("algorithm."))]
+    done = run_cli([*base, *args, *extra], tmp_path)
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert done.returncode == 2, (done.stdout[-2000:], done.stderr[-2000:])
     assert len(lines) == 1, done.stderr

@@ -74,6 +74,9 @@ def test_accuracy_benchmark_quick_writes_records(tmp_path: Path) -> None:
         "wall_s",
         "grad_evals_per_replica",
     }
-    assert len(records) == 2 and all(keys <= set(r) for r in records)
+    assert len(records) == 4 and all(keys <= set(r) for r in records)
+    assert {r["budget"] for r in records} == {"evals", "wall"}
     assert all(0.0 <= r["test_acc"] <= 1.0 for r in records)
     assert "mean ± std" in (tmp_path / "accuracy_summary.md").read_text()
+    for plot in ("accuracy.png", "accuracy_signature.png"):
+        assert (tmp_path / plot).stat().st_size > 10_000
