@@ -24,8 +24,10 @@ time, Parle vs SGD).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -66,7 +68,7 @@ FACTORS: dict[str, list[str]] = {
     "gamma=0.3": ["algorithm.gamma=0.3"],
     "rho=0.1": ["algorithm.rho=0.1"],
     "no scoping": ["scoping=constant"],
-    "lr=0.3": ["algorithm.lr=0.3"],
+    "lr=0.3": ["algorithm.lr=0.3", "scoping.rho_max=3"],  # lr rho_max (1 + m) < 2
     "cosine": ["lr_schedule=cosine"],
     "noise=1e-3": ["algorithm.noise=0.001"],
     "shard": ["data.policy=shard"],
@@ -91,23 +93,25 @@ class Bench:
 
     def run(self, name: str, dataset: str, args: list[str], epochs: float, seed: int) -> dict:
         """One CLI run (a fresh process, one thread); its results.json."""
-        run_dir = self.workdir / name.replace(" ", "_").replace("=", "")
+        overrides = [*COMMON, *DATASETS[dataset], *args, f"epochs={epochs:.6g}", f"seed={seed}"]
+        digest = hashlib.sha256(" ".join(overrides).encode()).hexdigest()[:8]
+        run_dir = self.workdir / f"{name.replace(' ', '_').replace('=', '')}-{digest}"
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         env.pop("RANK", None)
         command = [
             sys.executable,
             "-m",
             "elastic_entropy.train",
-            *COMMON,
-            *DATASETS[dataset],
-            *args,
-            f"epochs={epochs:.6g}",
-            f"seed={seed}",
+            *overrides,
             f"hydra.run.dir={run_dir}",
         ]
-        done = subprocess.run(command, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{name} failed: {done.stderr.strip().splitlines()[-1]}")
+        # a kept --workdir is reused: a finished run (same name, same arguments) is read back
+        if not (run_dir / "results.json").exists():
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"{name} failed: {done.stderr.strip().splitlines()[-1]}")
         self.runs[name] = run_dir
         return json.loads((run_dir / "results.json").read_text())
 
@@ -244,6 +248,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=float, default=None)
     parser.add_argument("--seeds", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="results folder")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="keep the runs here (finished ones are reused)"
+    )
     args = parser.parse_args()
     epochs = args.epochs or (1.0 if args.quick else 20.0)
     seeds = list(range(args.seeds or (1 if args.quick else 3)))
@@ -253,8 +260,10 @@ def main() -> None:
     folder.mkdir(parents=True, exist_ok=True)
     found = None
     with tempfile.TemporaryDirectory() as tmp:
+        if args.workdir is not None:
+            args.workdir.mkdir(parents=True, exist_ok=True)
         grid = [(0.1, "constant"), (0.1, "cosine")] if args.quick else SGD_GRID
-        bench = Bench(Path(tmp), epochs, seeds, grid)
+        bench = Bench(args.workdir or Path(tmp), epochs, seeds, grid)
         for dataset in datasets:
             run_budget(bench, dataset, methods, "evals", {m: epochs for m in methods})
             scaled = wall_epochs(bench, dataset, methods)
