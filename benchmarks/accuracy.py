@@ -28,6 +28,7 @@ import argparse
 import hashlib
 import json
 import os
+import random
 import shutil
 import statistics
 import subprocess
@@ -180,55 +181,84 @@ def wall_epochs(bench: Bench, dataset: str, methods: list[str]) -> dict[str, flo
 
 
 def investigate(bench: Bench, dataset: str, epochs: dict[str, float]) -> dict[str, Any]:
-    """One factor at a time at equal wall-clock (seed 0, judged on validation), then a greedy
-    combination: the factors in order of their validation accuracy, each kept only if it raises
-    the validation accuracy of the combination so far; the result runs on every seed."""
+    """Parle's own search at equal wall-clock, every candidate judged on validation (seed 0):
+    one factor at a time; a greedy combination (factors in order of validation accuracy, each
+    kept only if it raises it); a random search over the joint space. The candidate with the best
+    validation accuracy then runs on every seed."""
     base = METHODS["parle n=3"]
 
-    def trial(label: str, args: list[str], seed: int = 0) -> dict:
-        is_n6 = "cluster.replicas_per_process=6" in args
-        run_epochs = epochs["parle n=6"] if is_n6 else bench.epochs
-        result = bench.run(f"{dataset} factor {label} {seed}", dataset, args, run_epochs, seed)
-        bench.record(
-            result, dataset, f"parle {label}", "wall", seed=seed, epochs=run_epochs, settings=args
-        )
-        return result["reference"]
+    def run_epochs(args: list[str]) -> float:
+        return epochs["parle n=6"] if "cluster.replicas_per_process=6" in args else bench.epochs
 
-    baseline = trial("n=3", base)
-    rows = [{"factor": "(default parle n=3)", **baseline}]
-    for label, args in FACTORS.items():
-        rows.append({"factor": label, **trial(label, [*base, *args])})
-    ranked = sorted(rows[1:], key=lambda row: row["val_acc"], reverse=True)
-    chosen: list[str] = []
-    best = baseline["val_acc"]
-    for row in ranked:
-        if row["val_acc"] <= baseline["val_acc"]:
-            break
-        candidate = [*chosen, row["factor"]]
-        reference = trial("+".join(candidate), [*base, *_args(candidate)])
-        rows.append({"factor": "+".join(candidate), **reference})
-        if reference["val_acc"] > best:
-            chosen, best = candidate, reference["val_acc"]
-    combined = [*base, *_args(chosen)]
-    for seed in bench.seeds:
-        # the same runs under the name the summary reads
+    def trial(label: str, args: list[str], seed: int = 0, method: str | None = None) -> dict:
         result = bench.run(
-            f"{dataset} factor {'+'.join(chosen) or 'n=3'} {seed}",
-            dataset,
-            combined,
-            epochs["parle n=6"] if "n=6" in chosen else bench.epochs,
-            seed,
+            f"{dataset} factor {label} {seed}", dataset, args, run_epochs(args), seed
         )
         bench.record(
             result,
             dataset,
-            "parle combined",
+            method or f"parle {label}",
             "wall",
             seed=seed,
-            epochs=epochs["parle n=6"] if "n=6" in chosen else bench.epochs,
-            settings=combined,
+            epochs=run_epochs(args),
+            settings=args,
         )
-    return {"rows": rows, "chosen": chosen, "combined": combined}
+        return result["reference"]
+
+    candidates: dict[str, list[str]] = {"n=3": base}
+    rows = [{"factor": "n=3", **trial("n=3", base)}]
+    for label, args in FACTORS.items():
+        candidates[label] = [*base, *args]
+        rows.append({"factor": label, **trial(label, candidates[label])})
+    baseline = rows[0]["val_acc"]
+    ranked = sorted(rows[1:], key=lambda row: row["val_acc"], reverse=True)
+    kept: list[str] = []
+    best = baseline
+    for row in ranked:
+        if row["val_acc"] <= baseline:
+            break
+        label = "+".join([*kept, row["factor"]])
+        candidates[label] = [*base, *_args([*kept, row["factor"]])]
+        reference = trial(label, candidates[label])
+        rows.append({"factor": label, **reference})
+        if reference["val_acc"] > best:
+            kept, best = [*kept, row["factor"]], reference["val_acc"]
+    for k, args in enumerate(_random_configs(NUM_RANDOM)):
+        label = f"random {k}"
+        candidates[label] = [*base, *args]
+        rows.append(
+            {"factor": label, "settings": " ".join(args), **trial(label, candidates[label])}
+        )
+    winner = max(rows, key=lambda row: row["val_acc"])["factor"]
+    for seed in bench.seeds:
+        trial(winner, candidates[winner], seed, method="parle chosen on val")
+    return {"rows": rows, "greedy": kept, "chosen": winner, "settings": candidates[winner]}
+
+
+NUM_RANDOM = 16
+SPACE: dict[str, list[str]] = {
+    "algorithm.num_inner_steps": ["3", "5", "10"],
+    "algorithm.gamma": ["0.01", "0.03", "0.1", "0.3"],
+    "algorithm.rho": ["0.03", "0.1", "0.3", "1.0"],
+    "scoping.gamma_rate": ["null", "0.02", "0.01"],  # null: the papers' 0.5 / B
+    "algorithm.lr": ["0.05", "0.1", "0.2"],
+    "lr_schedule": ["constant", "cosine"],
+    "algorithm.noise": ["0.0", "0.0001", "0.001"],
+    "data.policy": ["full", "shard"],
+}
+
+
+def _random_configs(count: int) -> list[list[str]]:
+    """``count`` points of SPACE, the same ones on every run (a fixed seed)."""
+    rng = random.Random(0)
+    configs = []
+    for _ in range(count):
+        point = {key: rng.choice(values) for key, values in SPACE.items()}
+        point["scoping.rho_rate"] = point["scoping.gamma_rate"]
+        # keep lr rho_max (1 + momentum) < 2, the optimizer's stability bound
+        point["scoping.rho_max"] = f"{min(10.0, 1.0 / float(point['algorithm.lr'])):g}"
+        configs.append([f"{key}={value}" for key, value in point.items()])
+    return configs
 
 
 def _args(labels: list[str]) -> list[str]:
@@ -245,7 +275,7 @@ def summary(bench: Bench, datasets: list[str], methods: list[str]) -> tuple[str,
     means: dict[tuple[str, str, str], float] = {}
     for dataset in datasets:
         for budget in ("evals", "wall"):
-            names = [*methods, *(["parle combined"] if budget == "wall" else [])]
+            names = [*methods, *(["parle chosen on val"] if budget == "wall" else [])]
             for method in names:
                 chosen = bench.select(dataset=dataset, algorithm=method, budget=budget)
                 if not chosen:
@@ -265,13 +295,17 @@ def summary(bench: Bench, datasets: list[str], methods: list[str]) -> tuple[str,
 
 def factor_table(found: dict[str, Any]) -> str:
     rows = [
-        "from parle n=3, one factor at a time then greedy combinations (MNIST-1D, equal "
-        "wall-clock, seed 0); chosen on val, never on test",
-        f"  {'factor':<22}{'val acc':>9}{'test acc':>10}",
+        "Parle's search from parle n=3 (MNIST-1D, equal wall-clock, seed 0): one factor at a "
+        "time, greedy combinations, random points; chosen on val, never on test",
+        f"  {'candidate':<26}{'val acc':>9}{'test acc':>10}  settings",
     ]
     for row in found["rows"]:
-        rows.append(f"  {row['factor']:<22}{row['val_acc']:>9.4f}{row['test_acc']:>10.4f}")
-    rows.append(f"  kept by the greedy combination: {', '.join(found['chosen']) or 'none'}")
+        rows.append(
+            f"  {row['factor']:<26}{row['val_acc']:>9.4f}{row['test_acc']:>10.4f}"
+            f"  {row.get('settings', '')}"
+        )
+    rows.append(f"  kept by the greedy combination: {', '.join(found['greedy']) or 'none'}")
+    rows.append(f"  chosen on val: {found['chosen']} ({' '.join(found['settings'])})")
     return "\n".join(rows)
 
 
@@ -316,7 +350,7 @@ def main() -> None:
     ratios = {
         f"{d}:{m}-sgd": means[(d, m, "wall")] - means[(d, "sgd", "wall")]
         for d in datasets
-        for m in [*methods, "parle combined"]
+        for m in [*methods, "parle chosen on val"]
         if m != "sgd" and (d, m, "wall") in means
     }
     figures = {"ratios": ratios, "epochs": epochs, "investigation": found}
@@ -342,7 +376,7 @@ def draw(
     fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4), squeeze=False)
     for ax, dataset in zip(axes[0], datasets):
         for offset, budget in ((-0.2, "evals"), (0.2, "wall")):
-            names = [m for m in [*methods, "parle combined"] if (dataset, m, budget) in means]
+            names = [m for m in [*methods, "parle chosen on val"] if (dataset, m, budget) in means]
             xs = [i + offset for i, m in enumerate(names)]
             stds = []
             for m in names:
