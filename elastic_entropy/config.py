@@ -208,9 +208,17 @@ class DataConfig:
     policy: str = "full"  # full: every replica sees all the data in its own order; shard: 1/n each
     seed: int = 42  # the data set's own seed (MNIST-1D generation, splits), not the run's
     validation_fraction: float = 0.0
+    # a fixed subset of the training set (after the validation split): data-scarce experiments
+    train_fraction: float = 1.0
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be >= 1")
+        _require(
+            0.0 < self.train_fraction <= 1.0,
+            "data.train_fraction",
+            self.train_fraction,
+            "must be in (0, 1]",
+        )
         _require(
             self.policy in ("full", "shard"), "data.policy", self.policy, "choose full or shard"
         )

@@ -172,14 +172,32 @@ DATASETS: dict[str, Callable[[Path, int], DataSplits]] = {
 
 
 def load_dataset(
-    name: str, root: str | Path = "data", seed: int = 42, validation_fraction: float = 0.0
+    name: str,
+    root: str | Path = "data",
+    seed: int = 42,
+    validation_fraction: float = 0.0,
+    train_fraction: float = 1.0,
 ) -> DataSplits:
-    """Load a data set by name; ``validation_fraction`` of the training set is held out."""
+    """Load a data set by name; ``validation_fraction`` of the training set is held out, then
+    a fixed ``train_fraction`` of the rest is kept (the same subset for every run of ``seed``)."""
     if name not in DATASETS:
         raise ValueError(f"Unknown data set {name!r}; choose one of {sorted(DATASETS)}")
     splits = DATASETS[name](Path(root).expanduser(), seed)
     if validation_fraction > 0.0:
         splits = _hold_out(splits, validation_fraction, seed)
+    if train_fraction < 1.0:
+        splits = _subset(splits, train_fraction, seed)
+    return splits
+
+
+def _subset(splits: DataSplits, fraction: float, seed: int) -> DataSplits:
+    generator = torch.Generator().manual_seed(seed + 1)
+    keep = torch.randperm(len(splits.y_train), generator=generator)[
+        : round(fraction * len(splits.y_train))
+    ]
+    if len(keep) < 1:
+        raise ValueError(f"Invalid data.train_fraction: {fraction} (leaves no training sample)")
+    splits.x_train, splits.y_train = splits.x_train[keep], splits.y_train[keep]
     return splits
 
 

@@ -283,7 +283,11 @@ def build_run(cfg: Config, info: DistInfo, run_dir: Path) -> Run:
     replicas = cfg.replicas_per_process
     num_replicas = replicas * info.world_size
     data = load_dataset(
-        cfg.data.name, cfg.data.root, cfg.data.seed, cfg.data.validation_fraction
+        cfg.data.name,
+        cfg.data.root,
+        cfg.data.seed,
+        cfg.data.validation_fraction,
+        cfg.data.train_fraction,
     ).to(info.device)
     plan = make_plan(cfg, len(data.y_train))
     # one initialisation (same seed on every rank) shared by every replica

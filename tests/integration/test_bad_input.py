@@ -112,6 +112,12 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
     ("momentum 1", ["algorithm.momentum=1.0"], "Invalid algorithm.momentum: 1.0", _none),
     ("negative wd", ["algorithm.weight_decay=-1"], "Invalid algorithm.weight_decay: -1.0", _none),
     ("negative inner lr", ["algorithm.inner_lr=-1"], "Invalid algorithm.inner_lr: -1.0", _none),
+    (
+        "empty training subset",
+        ["data.train_fraction=0"],
+        "Invalid data.train_fraction: 0.0 (must be in (0, 1])",
+        _none,
+    ),
     ("batch size 0", ["data.batch_size=0"], "Invalid data.batch_size: 0 (must be >= 1)", _none),
     (
         "unstable lr*rho",

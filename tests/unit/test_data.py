@@ -28,6 +28,17 @@ def test_digits_with_validation_split() -> None:
     assert len(data.y_train) + len(data.y_val) + len(data.y_test) == 1797
 
 
+def test_train_fraction_keeps_a_fixed_subset_apart_from_validation() -> None:
+    full = load_dataset("digits", validation_fraction=0.1)
+    small = load_dataset("digits", validation_fraction=0.1, train_fraction=0.25)
+    again = load_dataset("digits", validation_fraction=0.1, train_fraction=0.25)
+    assert len(small.y_train) == round(0.25 * len(full.y_train))
+    assert torch.equal(small.x_train, again.x_train)  # the same subset on every run
+    assert torch.equal(small.x_val, full.x_val) and torch.equal(small.x_test, full.x_test)
+    rows = {tuple(row.flatten().tolist()) for row in full.x_train}
+    assert all(tuple(row.flatten().tolist()) in rows for row in small.x_train)
+
+
 def _write_idx(path: Path, array: np.ndarray) -> None:
     header = bytes([0, 0, 8, array.ndim]) + b"".join(d.to_bytes(4, "big") for d in array.shape)
     path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
