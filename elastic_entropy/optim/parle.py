@@ -493,13 +493,30 @@ class Parle(Optimizer):
         else:
             means = {key: self._buffer(s, name)[0] for key, s in self._storages.items()}
             valid_global = valid.cpu()
+        self._require_some_valid(valid_global)
+        self._valid_local = valid
+        return means, valid_global
+
+    def _exchange_validity(self, name: str) -> Tensor:
+        """Which replicas of the job have finite ``name``: the flags alone, ``num_replicas``
+        numbers in one small collective, for replicas that are not coupled this step."""
+        valid = self._finite_rows(name)
+        if self.comm.num_replicas > 1:
+            storage = next(iter(self._storages.values()))
+            empty = self._buffer(storage, name)[:, :0]
+            valid_global = self.comm.masked_mean_async(empty, valid).wait()[1].cpu()
+        else:
+            valid_global = valid.cpu()
+        self._require_some_valid(valid_global)
+        self._valid_local = valid
+        return valid_global
+
+    def _require_some_valid(self, valid_global: Tensor) -> None:
         if not bool(valid_global.any()):
             raise DivergedError(
                 f"all {self.comm.num_replicas} replica(s) have non-finite parameters at step "
                 f"{self.num_steps + 1}; lower the learning rates (lr, inner_lr) or the couplings"
             )
-        self._valid_local = valid
-        return means, valid_global
 
     def _quarantine(self, valid_global: Tensor) -> None:
         """Reset diverged replicas to the reference of the others; log the event."""
@@ -549,9 +566,13 @@ class Parle(Optimizer):
     def _elastic_step(self) -> None:
         rho = self.rho_schedule.value
         is_coupled = rho != 0.0 and self.comm.num_replicas > 1
-        means, valid_global = self._average("live")
-        if self._should_diagnose:
-            self._measure(means, "live", gamma=0.0, rho=rho if is_coupled else 0.0)
+        if is_coupled or self._should_diagnose:
+            means, valid_global = self._average("live")
+            if self._should_diagnose:
+                self._measure(means, "live", gamma=0.0, rho=rho if is_coupled else 0.0)
+        else:
+            # uncoupled replicas (SGD, rho = 0) need no mean: only who diverged, for quarantine
+            means, valid_global = None, self._exchange_validity("live")
         self._elastic_update(means if is_coupled else None, rho if is_coupled else 0.0)
         if not bool(valid_global.all()):
             self._quarantine(valid_global)
@@ -579,7 +600,9 @@ class Parle(Optimizer):
         """Measure the couplings during the next outer step; :meth:`pop_diagnostics` reads them.
 
         Off by default: the measurement is a few norms over the flat buffers, cheap next to the
-        ``L`` minibatches of an outer step, but a logger asks only at the steps it records.
+        ``L`` minibatches of an outer step, but a logger asks only at the steps it records. Ask on
+        every process at the same step: for replicas that are not coupled (SGD) the distance
+        needs a mean those steps would not otherwise take, so it adds a collective.
         """
         self._should_diagnose = True
 

@@ -64,3 +64,20 @@ def test_all_replicas_diverged_stops_with_a_clear_error() -> None:
     _step(models, opt, poisoned=0)
     with pytest.raises(DivergedError, match="all 1 replica"):
         _step(models, opt)
+
+
+def test_uncoupled_sgd_replicas_exchange_only_their_flags_and_still_quarantine() -> None:
+    from elastic_entropy.optim import SGD
+
+    models = _replicas(3)
+    opt = SGD(replica_param_groups(m.parameters() for m in models), lr=0.1)
+    for _ in range(4):
+        _step(models, opt)
+    # no mean of the parameters: three validity flags of 4 bytes per step
+    assert opt.comm.stats.bytes_per_replica == 4 * 3 * 4
+    _step(models, opt, poisoned=2)
+    _step(models, opt)  # the NaN is in replica 2's parameters now: caught, reset to the others
+    assert opt.quarantine_events == [{"step": 6, "replica": 2}]
+    others = [torch.stack([p0, p1]).mean(0) for p0, p1 in zip(opt.anchors(0), opt.anchors(1))]
+    for p, want in zip(models[2].parameters(), others):
+        torch.testing.assert_close(p.detach(), want)
