@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import REPO, cli_env
 
@@ -19,6 +21,7 @@ CASES = [
     ),
     ("communication", ["--steps", "10"], ["parle_L5/ddp", "parle_L25/ddp"]),
     ("throughput", ["--steps", "10"], ["parle_1x1/sgd_1x1", "parle_2x2/parle_1x4"]),
+    ("replicas_per_device", ["--quick", "--device", "cpu"], ["plain4/one"]),
     (
         "exposed_comm",
         ["--quick", "--num-inner-steps", "3", "--outer", "1"],
@@ -27,12 +30,10 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize(("name", "args", "ratios"), CASES, ids=[c[0] for c in CASES])
-def test_benchmark_writes_its_results(
-    tmp_path: Path, name: str, args: list[str], ratios: list[str]
-) -> None:
+def _run_benchmark(name: str, args: list[str], out: Path) -> str:
+    """``python -m benchmarks.NAME ARGS --out OUT`` as a user runs it; its last line."""
     done = subprocess.run(
-        [sys.executable, "-m", f"benchmarks.{name}", *args, "--out", str(tmp_path)],
+        [sys.executable, "-m", f"benchmarks.{name}", *args, "--out", str(out)],
         cwd=REPO,
         env=cli_env(),
         capture_output=True,
@@ -40,7 +41,14 @@ def test_benchmark_writes_its_results(
         timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    last = done.stdout.strip().splitlines()[-1]
+    return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize(("name", "args", "ratios"), CASES, ids=[c[0] for c in CASES])
+def test_benchmark_writes_its_results(
+    tmp_path: Path, name: str, args: list[str], ratios: list[str]
+) -> None:
+    last = _run_benchmark(name, args, tmp_path)
     assert last.startswith("ratios: ") and all(f"{r}=" in last for r in ratios), last
     figures = json.loads((tmp_path / f"{name}.json").read_text())
     assert figures["benchmark"] == name and f"benchmarks.{name}" in figures["command"]
@@ -51,16 +59,8 @@ def test_benchmark_writes_its_results(
 
 
 def test_accuracy_benchmark_quick_writes_records(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.accuracy", "--quick", "--out", str(tmp_path)],
-        cwd=REPO,
-        env=cli_env(),
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip().splitlines()[-1].startswith("ratios: digits:parle n=3-sgd=")
+    last = _run_benchmark("accuracy", ["--quick"], tmp_path)
+    assert last.startswith("ratios: digits:parle n=3-sgd=")
     records = json.loads((tmp_path / "accuracy.json").read_text())
     keys = {
         "dataset",
@@ -80,3 +80,26 @@ def test_accuracy_benchmark_quick_writes_records(tmp_path: Path) -> None:
     assert "mean ± std" in (tmp_path / "accuracy_summary.md").read_text()
     for plot in ("accuracy.png", "accuracy_signature.png"):
         assert (tmp_path / plot).stat().st_size > 10_000
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal, on a machine without CUDA")
+def test_readme_gpu_check_refuses_clearly_without_cuda() -> None:
+    """The README's GPU command as written, without CUDA: one line, nothing written."""
+    readme = (REPO / "README.md").read_text()
+    command = re.search(r"```shell\n(bash benchmarks/gpu_check\.sh [^\n]+)\n```", readme)
+    assert command, "the README's GPU section lost its gpu_check.sh command"
+    out = REPO / command.group(1).split()[-1]
+    before = sorted(out.rglob("*")) if out.exists() else None
+    done = subprocess.run(
+        ["bash", "-c", command.group(1)],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines() == [
+        "gpu_check.sh: CUDA is not available here; run it on a machine with a GPU"
+    ]
+    assert (sorted(out.rglob("*")) if out.exists() else None) == before

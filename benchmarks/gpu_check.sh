@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Every benchmark with a GPU side, on one GPU, in one go (a few minutes on an H100/H200):
+#   bash benchmarks/gpu_check.sh [OUT]        (default OUT: benchmarks/results/gpu)
+# The optimizer step and the replicas-per-GPU comparison (1 replica, 4 plain, 4 in one CUDA graph)
+# run on the GPU; throughput runs the app on the GPU (1x1 and 1x4: NCCL refuses two ranks on one
+# GPU, so one GPU means one process); the bytes per sample and the exposed communication are
+# counted over gloo. Prints every ratio line at the end, one table.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-benchmarks/results/gpu}
+python3 -c "import torch, sys; torch.cuda.is_available() or sys.exit('gpu_check.sh: CUDA is not available here; run it on a machine with a GPU')"
+mkdir -p "$out"
+python3 -m benchmarks.optimizer_step --device cuda --out "$out"
+python3 -m benchmarks.replicas_per_device --device cuda --out "$out"
+python3 -m benchmarks.throughput --device cuda --steps 300 --out "$out"
+python3 -m benchmarks.communication --steps 20 --out "$out"
+python3 -m benchmarks.exposed_comm --quick --out "$out"
+echo "== ratio lines ($(python3 -c 'import torch; print(torch.cuda.get_device_name(0))')) =="
+for name in optimizer_step replicas_per_device throughput communication exposed_comm; do
+  python3 -c "import json, sys; d = json.load(open(sys.argv[1])); print(f'{sys.argv[2]:<22}', ' '.join(f'{k}={v:.3f}' for k, v in d['ratios'].items()))" "$out/$name.json" "$name"
+done
