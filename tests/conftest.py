@@ -69,3 +69,14 @@ def run_torchrun(
 @pytest.fixture
 def port() -> int:
     return free_port()
+
+
+def newest_checkpoint(run_dir: Path) -> int:
+    """The step of the newest checkpoint a running job has completed (its manifest, written
+    last, is there), or 0: cheap enough to poll, unlike the verifying ``find_latest``."""
+    steps = [
+        int(d.name.split("-")[1])
+        for d in (run_dir / "checkpoints").glob("step-*")
+        if (d / "MANIFEST.json").is_file()
+    ]
+    return max(steps, default=0)

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import torch
 
-from tests.conftest import REPO, cli_env, run_cli, run_torchrun
+from tests.conftest import REPO, cli_env, newest_checkpoint, run_cli, run_torchrun
 
 # a short Parle job: 2 replicas, L = 5, outer steps at 5, 10, ..., evaluations every 14 steps
 JOB = [
@@ -95,15 +95,6 @@ def _is_png(path: Path) -> bool:
     return path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and imread(str(path)).shape[0] > 100
 
 
-def _newest_checkpoint(run_dir: Path) -> int:
-    steps = [
-        int(d.name.split("-")[1])
-        for d in (run_dir / "checkpoints").glob("step-*")
-        if (d / "MANIFEST.json").is_file()
-    ]
-    return max(steps, default=0)
-
-
 # ---------------------------------------------------------------------------------- one run
 @pytest.fixture(scope="module")
 def resumed(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -122,7 +113,7 @@ def resumed(tmp_path_factory: pytest.TempPathFactory) -> Path:
         args, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     deadline = time.time() + 120
-    while _newest_checkpoint(run_dir) == 0 and first.poll() is None and time.time() < deadline:
+    while newest_checkpoint(run_dir) == 0 and first.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     first.send_signal(signal.SIGTERM)
     _, err = first.communicate(timeout=120)

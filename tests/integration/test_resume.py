@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, cli_env, free_port, run_torchrun
+from tests.conftest import REPO, cli_env, free_port, newest_checkpoint, run_torchrun
 
 JOB = [
     "max_steps=300",
@@ -29,21 +29,12 @@ JOB = [
 ]
 
 
-def _newest_checkpoint(run_dir: Path) -> int:
-    steps = [
-        int(d.name.split("-")[1])
-        for d in (run_dir / "checkpoints").glob("step-*")
-        if (d / "MANIFEST.json").is_file()
-    ]
-    return max(steps, default=0)
-
-
 def _wait_for_checkpoint(
     run_dir: Path, after: int, proc: subprocess.Popen, timeout: float = 60
 ) -> int:
     deadline = time.time() + timeout
     while time.time() < deadline and proc.poll() is None:
-        step = _newest_checkpoint(run_dir)
+        step = newest_checkpoint(run_dir)
         if step > after:
             return step
         time.sleep(0.02)
