@@ -261,6 +261,9 @@ class ClusterConfig:
     # the mean goes process -> node -> job; None: torchrun's LOCAL_WORLD_SIZE (one node otherwise)
     processes_per_node: int | None = None
     inter_node_period: int = 1  # cross nodes every k-th outer step (k > 1 changes the algorithm)
+    # the replicas' forward+backward in one CUDA graph: auto = on CUDA devices where it can be
+    # (not with algorithm=ddp or dropout), on = insist, off = never
+    cuda_graphs: str = "auto"
 
     def __post_init__(self) -> None:
         if self.replicas_per_process is not None:
@@ -295,6 +298,18 @@ class ClusterConfig:
             "cluster.inter_node_period",
             self.inter_node_period,
             "must be >= 1",
+        )
+        _require(
+            self.cuda_graphs in ("auto", "on", "off"),
+            "cluster.cuda_graphs",
+            self.cuda_graphs,
+            "choose auto, on or off",
+        )
+        _require(
+            not (self.cuda_graphs == "on" and self.device == "cpu"),
+            "cluster.cuda_graphs",
+            self.cuda_graphs,
+            "CUDA graphs need cluster.device=cuda (or auto on a GPU); use auto or off on CPUs",
         )
 
 
@@ -458,6 +473,13 @@ class Config:
                 "algorithm=ddp wraps one model per process: start N processes with torchrun "
                 "--nproc-per-node=N, or use algorithm=dp_sgd for several replicas in one process",
             )
+        _require(
+            not (self.algorithm.name == "ddp" and self.cluster.cuda_graphs == "on"),
+            "cluster.cuda_graphs",
+            self.cluster.cuda_graphs,
+            "algorithm=ddp runs torch's DistributedDataParallel, which is not captured; "
+            "use cluster.cuda_graphs=auto or off",
+        )
         _require(
             self.lr_schedule in LR_SCHEDULES,
             "lr_schedule",

@@ -42,6 +42,7 @@ from elastic_entropy.distributed import (
     teardown,
     wrap_data_parallel,
 )
+from elastic_entropy.graphs import GraphedPasses, cuda_graph_capture
 from elastic_entropy.loggers import Progress, RunLogger
 from elastic_entropy.models import build_model
 from elastic_entropy.optim import (
@@ -235,6 +236,8 @@ class Run:
     overrides: tuple[str, ...] = ()  # the command line, as Hydra parsed it
     # what the forward pass runs: the models, or torch's DistributedDataParallel around them
     wrapped: list[nn.Module] | None = None
+    # the replicas' forward+backward from a CUDA graph (cluster.cuda_graphs), or None: eagerly
+    graphed: GraphedPasses | None = None
 
     @property
     def replicas_per_process(self) -> int:
@@ -324,6 +327,7 @@ def build_run(cfg: Config, info: DistInfo, run_dir: Path) -> Run:
         # after the optimizer has moved the parameters into its flat buffer: DDP keeps hooks on
         # the same parameter objects, and its averaged gradients land in the optimizer's views
         wrapped = [wrap_data_parallel(models[0], info, comm.stats)]
+    graphed = _graphed_passes(cfg, info, models, data, randomness.enabled or wrapped is not None)
     return Run(
         cfg,
         info,
@@ -337,7 +341,46 @@ def build_run(cfg: Config, info: DistInfo, run_dir: Path) -> Run:
         plan,
         metrics,
         wrapped=wrapped,
+        graphed=graphed,
     )
+
+
+def _graphed_passes(
+    cfg: Config, info: DistInfo, models: list[nn.Module], data: DataSplits, has_hooks: bool
+) -> GraphedPasses | None:
+    """The CUDA-graph path when ``cluster.cuda_graphs`` asks for it and it can be taken."""
+    mode = cfg.cluster.cuda_graphs
+    if mode == "off":
+        return None
+    why_not = None
+    if info.device.type != "cuda":
+        why_not = f"the device is {info.device.type}, not CUDA"
+    elif has_hooks:
+        # dropout swaps each replica's random stream around its forward, DDP all-reduces in
+        # backward hooks: neither can live inside a graph
+        why_not = "the model has dropout or runs under DistributedDataParallel"
+    if why_not is None:
+        capture = cuda_graph_capture(info.device)
+        batch = cfg.data.batch_size
+        return GraphedPasses(models, data.x_train, data.y_train, batch, capture=capture)
+    if mode == "on":
+        raise ValueError(
+            f"Invalid cluster.cuda_graphs: 'on' ({why_not}); use cluster.cuda_graphs=auto or off"
+        )
+    return None
+
+
+def _plain_passes(run: Run, indices: list[Tensor]) -> Tensor:
+    losses, hits = [], []
+    for a, model in enumerate(run.forward_models):
+        target = run.data.y_train[indices[a]]
+        with run.randomness.use(a):
+            out = model(run.data.x_train[indices[a]])
+            loss = nn.functional.cross_entropy(out, target)
+        loss.backward()
+        losses.append(loss.detach())
+        hits.append((out.detach().argmax(dim=1) == target).float().mean())
+    return torch.stack([torch.stack(losses), torch.stack(hits)])
 
 
 def train_step(run: Run) -> Tensor:
@@ -347,19 +390,14 @@ def train_step(run: Run) -> Tensor:
     that nothing waits for them until a metrics record is written.
     """
     _schedule_learning_rates(run)
-    losses, hits = [], []
-    for a, model in enumerate(run.forward_models):
-        index = run.samplers[a].next()
-        target = run.data.y_train[index]
-        with run.randomness.use(a):
-            out = model(run.data.x_train[index])
-            loss = nn.functional.cross_entropy(out, target)
-        loss.backward()
-        losses.append(loss.detach())
-        hits.append((out.detach().argmax(dim=1) == target).float().mean())
+    indices = [sampler.next() for sampler in run.samplers]
+    if run.graphed is not None:
+        stats = run.graphed(indices)
+    else:
+        stats = _plain_passes(run, indices)
     run.optimizer.step()
     run.optimizer.zero_grad()
-    return torch.stack([torch.stack(losses), torch.stack(hits)])
+    return stats
 
 
 def lr_factor(schedule: str, step: int, total_steps: int) -> float:
@@ -861,6 +899,7 @@ def finish(run: Run, wall_s: float) -> dict[str, Any]:
         "steps_per_replica": run.plan.total_steps,
         "epochs": run.plan.total_steps / run.plan.steps_per_epoch,
         "wall_s": wall_s,
+        "cuda_graphs": run.graphed is not None and run.graphed.is_active,
         "reference": {
             "test_acc": reference["test"]["acc"],
             "test_loss": reference["test"]["loss"],

@@ -9,8 +9,22 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize
+from omegaconf import OmegaConf
+
+from elastic_entropy.config import Config, register_configs
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def compose_config(*overrides: str) -> Config:
+    """The app's config with command-line ``overrides``, validated as the app validates it."""
+    register_configs()
+    with initialize(version_base="1.3", config_path=None):
+        cfg = compose("config", overrides=list(overrides))
+    config = OmegaConf.to_object(cfg)
+    assert isinstance(config, Config)
+    return config
 
 
 def free_port() -> int:

@@ -101,6 +101,24 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
         _none,
     ),
     (
+        "unknown CUDA-graph mode",
+        ["cluster.cuda_graphs=maybe"],
+        "Invalid cluster.cuda_graphs: 'maybe' (choose auto, on or off)",
+        _none,
+    ),
+    (
+        "CUDA graphs on a CPU",
+        ["cluster.device=cpu", "cluster.cuda_graphs=on"],
+        "CUDA graphs need cluster.device=cuda (or auto on a GPU); use auto or off on CPUs",
+        _none,
+    ),
+    (
+        "CUDA graphs around torch DDP",
+        ["algorithm=ddp", "cluster.replicas_per_process=1", "cluster.cuda_graphs=on"],
+        "algorithm=ddp runs torch's DistributedDataParallel, which is not captured",
+        _none,
+    ),
+    (
         "unknown lr schedule",
         ["lr_schedule=linear"],
         "Invalid lr_schedule: 'linear' (choose one of constant, cosine)",

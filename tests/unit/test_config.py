@@ -3,25 +3,15 @@
 from __future__ import annotations
 
 import pytest
-from hydra import compose, initialize
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
 
-from elastic_entropy.config import Config, ParleConfig, register_configs
+from elastic_entropy.config import ParleConfig
 from elastic_entropy.trainer import make_plan
-
-
-def _config(*overrides: str) -> Config:
-    register_configs()
-    with initialize(version_base="1.3", config_path=None):
-        cfg = compose("config", overrides=list(overrides))
-    config = OmegaConf.to_object(cfg)
-    assert isinstance(config, Config)
-    return config
+from tests.conftest import compose_config
 
 
 def test_default_is_parle_with_four_replicas_on_mnist1d() -> None:
-    cfg = _config()
+    cfg = compose_config()
     assert isinstance(cfg.algorithm, ParleConfig)
     assert (cfg.algorithm.name, cfg.model.name, cfg.data.name) == ("parle", "cnn1d", "mnist1d")
     assert cfg.replicas_per_process == 4
@@ -31,17 +21,16 @@ def test_default_is_parle_with_four_replicas_on_mnist1d() -> None:
     ("option", "replicas"), [("sgd", 1), ("entropy_sgd", 1), ("elastic_sgd", 4), ("local_sgd", 4)]
 )
 def test_each_algorithm_has_its_own_keys(option: str, replicas: int) -> None:
-    cfg = _config(f"algorithm={option}")
+    cfg = compose_config(f"algorithm={option}")
     assert cfg.algorithm.name == option and cfg.replicas_per_process == replicas
     kwargs = cfg.algorithm.optimizer_kwargs()
     assert ("gamma" in kwargs) == (option == "entropy_sgd")
-    assert (
-        _config(f"algorithm={option}", "cluster.replicas_per_process=3").replicas_per_process == 3
-    )
+    three = compose_config(f"algorithm={option}", "cluster.replicas_per_process=3")
+    assert three.replicas_per_process == 3
 
 
 def test_overrides_use_the_optimizer_argument_names() -> None:
-    cfg = _config(
+    cfg = compose_config(
         "algorithm.num_inner_steps=5",
         "algorithm.gamma=0.1",
         "algorithm.rho=0.5",
@@ -65,17 +54,17 @@ def test_overrides_use_the_optimizer_argument_names() -> None:
 )
 def test_bad_values_are_named(override: str, message: str) -> None:
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
-        _config(override)
+        compose_config(override)
 
 
 def test_unknown_group_option_and_key() -> None:
     with pytest.raises(ConfigCompositionException, match="algorithm/adam"):
-        _config("algorithm=adam")
+        compose_config("algorithm=adam")
     with pytest.raises(ConfigCompositionException, match=r"algorithm\.lrr"):
-        _config("algorithm.lrr=1")
+        compose_config("algorithm.lrr=1")
 
 
 def test_plan_ends_on_an_outer_step_boundary() -> None:
-    cfg = _config("algorithm.num_inner_steps=7", "max_steps=30")
+    cfg = compose_config("algorithm.num_inner_steps=7", "max_steps=30")
     plan = make_plan(cfg, 4000)
     assert plan.total_steps == 35 and plan.steps_per_epoch == 62 and plan.outer_steps_per_epoch == 8
