@@ -4,12 +4,15 @@
 # The optimizer step and the replicas-per-GPU comparison (1 replica, 4 plain, 4 in one CUDA graph)
 # run on the GPU; throughput runs the app on the GPU (1x1 and 1x4: NCCL refuses two ranks on one
 # GPU, so one GPU means one process); the bytes per sample and the exposed communication are
-# counted over gloo. Prints every ratio line at the end, one table.
+# counted over gloo. The CUDA tests run first (pip install -e '.[dev]' for pytest). Prints every
+# ratio line at the end, one table.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:-benchmarks/results/gpu}
 python3 -c "import torch, sys; torch.cuda.is_available() or sys.exit('gpu_check.sh: CUDA is not available here; run it on a machine with a GPU')"
 mkdir -p "$out"
+# first hold the CUDA-graph path to the plain one: a fast wrong step is not worth timing
+python3 -m pytest -q -p no:cacheprovider tests/unit/test_cuda_graphs.py
 python3 -m benchmarks.optimizer_step --device cuda --out "$out"
 python3 -m benchmarks.replicas_per_device --device cuda --out "$out"
 python3 -m benchmarks.throughput --device cuda --steps 300 --out "$out"

@@ -5,8 +5,9 @@
 
 Real runs of the app, side by side in one invocation: one replica of Parle against one of SGD in
 one process (what Parle's inner and outer steps cost), then 4 Parle replicas as 1 process x 4
-against 2 processes x 2 (torchrun, gloo). Samples/s per replica = minibatches x batch / training
-time, from each run's results.json.
+against 2 processes x 2 (torchrun, gloo); on a GPU, 1 x 4 with and without the CUDA graph of the
+replicas' passes (``cluster.cuda_graphs``) instead of 2 x 2. Samples/s per replica = minibatches x
+batch / training time, from each run's results.json.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ def run(name: str, nproc: int, args: list[str], workdir: Path) -> dict:
         "samples_per_s_per_replica": samples / result["wall_s"],
         "num_replicas": result["num_replicas"],
         "processes": result["processes"],
+        "cuda_graphs": result.get("cuda_graphs", False),
     }
 
 
@@ -78,11 +80,17 @@ def main() -> None:
         if args.device == "cpu":
             layout = [*base, "cluster.replicas_per_process=2"]
             figures["parle_2x2"] = run("parle22", 2, layout, workdir)
+        else:  # what the CUDA graph of the 4 replicas' passes buys
+            eager = [*base, "cluster.replicas_per_process=4", "cluster.cuda_graphs=off"]
+            figures["parle_1x4_eager"] = run("parle14eager", 1, eager, workdir)
     rows = [f"MNIST-1D cnn1d, batch {args.batch}, {steps} minibatches per replica, {args.device}"]
-    rows.append(f"  {'run':<12}{'replicas':>9}{'processes':>10}{'samples/s/replica':>19}")
+    rows.append(
+        f"  {'run':<16}{'replicas':>9}{'processes':>10}{'CUDA graph':>11}{'samples/s/replica':>19}"
+    )
     for name, figure in figures.items():
+        graph = "yes" if figure["cuda_graphs"] else "no"
         rows.append(
-            f"  {name:<12}{figure['num_replicas']:>9}{figure['processes']:>10}"
+            f"  {name:<16}{figure['num_replicas']:>9}{figure['processes']:>10}{graph:>11}"
             f"{figure['samples_per_s_per_replica']:>19.0f}"
         )
     table = "\n".join(rows)
@@ -93,6 +101,7 @@ def main() -> None:
         ratios["parle_2x2/parle_1x4"] = per["parle_2x2"] / per["parle_1x4"]
     else:  # on one GPU: what 4 replicas in one process cost against one
         ratios["parle_1x4/parle_1x1"] = per["parle_1x4"] / per["parle_1x1"]
+        ratios["parle_1x4/parle_1x4_eager"] = per["parle_1x4"] / per["parle_1x4_eager"]
     write_results("throughput", {**figures, "ratios": ratios, "steps": steps}, table, args.out)
     print("ratios: " + " ".join(f"{k}={v:.2f}" for k, v in ratios.items()))
 
