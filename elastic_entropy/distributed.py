@@ -97,6 +97,35 @@ def _pick_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+def _attempt_store(world_size: int, timeout: datetime.timedelta) -> dist.Store | None:
+    """Under a one-node torchrun, its store seen through a prefix of this restart attempt.
+
+    torchrun keeps one TCPStore for the whole job, across worker restarts (TCPStore sharing), and
+    torch adds no prefix per attempt. The keys a killed attempt left there (gloo's listening
+    addresses) are then read by the restarted workers, which connect to dead ports ("Connection
+    refused") and fail again, restart after restart, until one happens to write its key first.
+    One agent numbers its attempts consistently for all its workers; agents of several nodes do
+    not (one restarted by a peer's failure keeps its count), so there None is returned and the
+    launch scripts turn the sharing off (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1): rank 0 then hosts a
+    fresh store on every attempt.
+    """
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if (
+        attempt is None
+        or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True"
+        or os.environ.get("GROUP_WORLD_SIZE") != "1"
+    ):
+        return None
+    store = dist.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        world_size,
+        is_master=False,  # the agent hosts it
+        timeout=timeout,
+    )
+    return dist.PrefixStore(f"elastic_entropy/attempt-{attempt}", store)
+
+
 def init_distributed(
     backend: str = "auto", device: str = "auto", timeout_s: float = 600.0
 ) -> DistInfo:
@@ -107,16 +136,17 @@ def init_distributed(
         return DistInfo(0, 1, 0, torch_device, None)
     chosen = _pick_backend(backend, torch_device)
     if not dist.is_initialized():
+        timeout = datetime.timedelta(seconds=timeout_s)
         kwargs: dict[str, Any] = {}
         if chosen == "nccl":
             kwargs["device_id"] = torch_device
+        store = _attempt_store(world_size, timeout)
+        if store is None:
+            kwargs["init_method"] = "env://"
+        else:
+            kwargs["store"] = store
         dist.init_process_group(
-            backend=chosen,
-            init_method="env://",
-            rank=rank,
-            world_size=world_size,
-            timeout=datetime.timedelta(seconds=timeout_s),
-            **kwargs,
+            backend=chosen, rank=rank, world_size=world_size, timeout=timeout, **kwargs
         )
     return DistInfo(rank, world_size, local_rank, torch_device, chosen)
 

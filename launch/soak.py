@@ -8,8 +8,9 @@
 It runs the job once uninterrupted (the reference), then again under
 ``torchrun --max-restarts`` with 2 processes (gloo) while it SIGKILLs a random worker at a random
 time after each new checkpoint. torchrun restarts the workers, which resume from the newest
-checkpoint. At the end: the job finished, every checkpoint left is readable, and the final
-reference equals the uninterrupted run bit for bit. Exit 0 when all of that holds.
+checkpoint. At the end: the job finished, every restart connected at its first try, every
+checkpoint left is readable, and the final reference equals the uninterrupted run bit for bit.
+Exit 0 when all of that holds.
 """
 
 from __future__ import annotations
@@ -168,19 +169,23 @@ def main() -> int:
     )
     kills = kill_loop(soak, work / "soak", args.kills, random.Random(args.seed))
     code = soak.wait()
-    restarts = (work / "soak.log").read_text().count("resumed from step")
+    log = (work / "soak.log").read_text()
+    restarts = log.count("resumed from step")
+    # restarted workers that could not even connect (stale addresses in torchrun's store)
+    mesh_failures = log.count("connectFullMesh failed")
     count, problems = readable_checkpoints(work / "soak")
     finished = code == 0 and (work / "soak" / "results.json").is_file()
     equal = finished and same_reference(work / "reference", work / "soak")
     print(
-        f"soak result: kills={kills} resumes={restarts} finished={finished} exit={code} "
+        f"soak result: kills={kills} resumes={restarts} mesh_failures={mesh_failures} "
+        f"finished={finished} exit={code} "
         f"checkpoints_readable={count} problems={len(problems)} reference_equal={equal} "
         f"wall={time.time() - started:.0f}s",
         flush=True,
     )
     for problem in problems:
         print(f"  {problem}")
-    ok = finished and equal and not problems and kills == args.kills
+    ok = finished and equal and not problems and kills == args.kills and mesh_failures == 0
     return 0 if ok else 1
 
 

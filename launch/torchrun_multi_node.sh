@@ -41,6 +41,9 @@ max_restarts=${EE_MAX_RESTARTS:-3}
 run_dir=${EE_RUN_DIR:-outputs/torchrun/$rdzv_id}
 
 export TORCH_NCCL_ASYNC_ERROR_HANDLING=${TORCH_NCCL_ASYNC_ERROR_HANDLING:-1}
+# a fresh store on every restart (rank 0 hosts it): torchrun's shared one keeps the dead attempt's
+# gloo addresses, and restarted workers connecting to them fail ("Connection refused")
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-1}
 
 exec "$python" -m torch.distributed.run --nnodes="$nnodes" --nproc-per-node="$EE_NPROC" \
     --rdzv-backend=c10d --rdzv-endpoint="$endpoint" --rdzv-id="$rdzv_id" \
