@@ -196,7 +196,8 @@ def cuda_graph_capture(device: torch.device) -> Capture:
     def capture(fn: Callable[[], Tensor]) -> Callable[[], Tensor]:
         graph = torch.cuda.CUDAGraph()
         torch.cuda.synchronize(device)
-        with torch.cuda.graph(graph):
+        # thread_local: CUDA calls of other threads (NCCL's watchdog, loggers) may go on meanwhile
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             out = fn()
 
         def replay() -> Tensor:
