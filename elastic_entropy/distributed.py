@@ -106,8 +106,10 @@ def _attempt_store(world_size: int, timeout: datetime.timedelta) -> dist.Store |
     refused") and fail again, restart after restart, until one happens to write its key first.
     One agent numbers its attempts consistently for all its workers; agents of several nodes do
     not (one restarted by a peer's failure keeps its count), so there None is returned and the
-    launch scripts turn the sharing off (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1): rank 0 then hosts a
-    fresh store on every attempt.
+    launch scripts, which use the c10d rendezvous, turn the sharing off
+    (TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1): rank 0 then hosts a fresh store on every attempt. A
+    multi-node torchrun with the static rendezvous (``--master-addr``) always shares its store and
+    keeps torch's behaviour.
     """
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT")
     if (

@@ -58,16 +58,19 @@ class GraphedPasses:
         *,
         warmup: int = 3,
         capture: Capture | None = None,
+        strict: bool = False,
     ) -> None:
         self.models = models
         self.x_train, self.y_train = x_train, y_train
-        num = len(models)
-        self.x = torch.empty(
-            (num, batch_size, *x_train.shape[1:]), dtype=x_train.dtype, device=x_train.device
-        )
-        self.y = torch.empty((num, batch_size), dtype=y_train.dtype, device=y_train.device)
+        # one allocation per replica, not slices of one: a slice's alignment depends on its
+        # index, and cuBLAS/cuDNN pick kernels (and so roundings) by alignment, as for the
+        # fresh minibatch tensors of the plain path
+        shape, device = (batch_size, *x_train.shape[1:]), x_train.device
+        self.x = [torch.empty(shape, dtype=x_train.dtype, device=device) for _ in models]
+        self.y = [torch.empty(batch_size, dtype=y_train.dtype, device=device) for _ in models]
         self.warmup = warmup
         self.capture = capture
+        self.strict = strict  # cluster.cuda_graphs=on: a graph that cannot be used is an error
         self.calls = 0
         self.replay: Callable[[], Tensor] | None = None
         self.is_dropped = capture is None  # no graph will be made
@@ -106,13 +109,14 @@ class GraphedPasses:
         return self._capture_and_check()
 
     def _warm_pass(self) -> Tensor:
-        if self.x.device.type != "cuda":
+        device = self.x_train.device
+        if device.type != "cuda":
             return self._pass()
-        side = torch.cuda.Stream(self.x.device)
-        side.wait_stream(torch.cuda.current_stream(self.x.device))
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             stats = self._pass()
-        torch.cuda.current_stream(self.x.device).wait_stream(side)
+        torch.cuda.current_stream(device).wait_stream(side)
         return stats
 
     # ------------------------------------------------------------------------------ the check
@@ -129,14 +133,22 @@ class GraphedPasses:
                 grads.append(p.grad)
         return grads
 
+    def _grad_addresses(self) -> list[int]:
+        return [g.data_ptr() for g in self._grads()]
+
     def _capture_and_check(self) -> Tensor:
         assert self.capture is not None
         before = [b.clone() for b in self._buffers()]
+        addresses = self._grad_addresses()
         try:
             replay = self.capture(self._pass)
             graphed = replay().clone()
         except Exception as error:  # an op that cannot be captured: train on without a graph
             self._drop(f"capture failed ({type(error).__name__}: {error})", before)
+            return self._pass()
+        if self._grad_addresses() != addresses:
+            # the optimizer reads its flat buffer: gradients written elsewhere would never reach it
+            self._drop("its gradients are not the optimizer's buffer", before)
             return self._pass()
         graph_grads = [g.clone() for g in self._grads()]
         graph_buffers = [b.clone() for b in self._buffers()]
@@ -165,6 +177,11 @@ class GraphedPasses:
             b.copy_(saved)
 
     def _drop(self, why: str, before: list[Tensor] | None) -> None:
+        if self.strict:
+            raise ValueError(
+                f"cluster.cuda_graphs=on but the CUDA graph cannot be used: {why}; "
+                "use cluster.cuda_graphs=auto to step eagerly instead"
+            )
         log.warning("CUDA graphs off for this run: %s; the replicas step eagerly", why)
         self.is_dropped = True
         self.replay = None
@@ -195,10 +212,17 @@ def cuda_graph_capture(device: torch.device) -> Capture:
 
     def capture(fn: Callable[[], Tensor]) -> Callable[[], Tensor]:
         graph = torch.cuda.CUDAGraph()
+        stream = torch.cuda.current_stream(device)
         torch.cuda.synchronize(device)
-        # thread_local: CUDA calls of other threads (NCCL's watchdog, loggers) may go on meanwhile
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            out = fn()
+        try:
+            # thread_local: CUDA calls of other threads (NCCL's watchdog, loggers) may go on
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                out = fn()
+        finally:
+            # a capture that fails raises before torch restores the stream: the eager steps
+            # after it must run where they always do
+            torch.cuda.set_stream(stream)
+            torch.cuda.synchronize(device)
 
         def replay() -> Tensor:
             graph.replay()

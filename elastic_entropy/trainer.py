@@ -362,7 +362,10 @@ def _graphed_passes(
     if why_not is None:
         capture = cuda_graph_capture(info.device)
         batch = cfg.data.batch_size
-        return GraphedPasses(models, data.x_train, data.y_train, batch, capture=capture)
+        strict = mode == "on"
+        return GraphedPasses(
+            models, data.x_train, data.y_train, batch, capture=capture, strict=strict
+        )
     if mode == "on":
         raise ValueError(
             f"Invalid cluster.cuda_graphs: 'on' ({why_not}); use cluster.cuda_graphs=auto or off"
@@ -577,6 +580,7 @@ _RESUMABLE_CHANGES = (
     "eval_every",
     "checkpoint",
     "cluster.timeout_s",
+    "cluster.cuda_graphs",  # how the passes are launched, not what they compute
     "logger",  # where metrics go, not what is trained
 )
 

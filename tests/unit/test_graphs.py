@@ -19,7 +19,13 @@ from torch import Tensor
 
 from elastic_entropy.distributed import DistInfo
 from elastic_entropy.graphs import GraphedPasses
-from elastic_entropy.trainer import Run, build_run, train_step
+from elastic_entropy.trainer import (
+    Run,
+    _config_changes,
+    _plain_config,
+    build_run,
+    train_step,
+)
 from tests.conftest import compose_config
 
 CPU = DistInfo(0, 1, 0, torch.device("cpu"), None)
@@ -52,10 +58,11 @@ def _replay_like_a_graph(fn: Callable[[], Tensor]) -> Callable[[], Tensor]:
     return replay
 
 
-def _graphed(run: Run, capture: Callable) -> GraphedPasses:
+def _graphed(run: Run, capture: Callable, strict: bool = False) -> GraphedPasses:
     data = run.data
+    batch = run.cfg.data.batch_size
     return GraphedPasses(
-        run.models, data.x_train, data.y_train, run.cfg.data.batch_size, capture=capture
+        run.models, data.x_train, data.y_train, batch, capture=capture, strict=strict
     )
 
 
@@ -102,6 +109,17 @@ def _wrong_gradients(run: Run) -> Callable:
     return capture
 
 
+def _moved_gradients(run: Run) -> Callable:
+    """A capture after which the gradients live in new tensors, not in the optimizer's buffer."""
+
+    def capture(fn: Callable[[], Tensor]) -> Callable[[], Tensor]:
+        for p in run.models[1].parameters():
+            p.grad = torch.zeros_like(p)
+        return _replay_like_a_graph(fn)
+
+    return capture
+
+
 def _failing(run: Run) -> Callable:
     def capture(fn: Callable[[], Tensor]) -> Callable[[], Tensor]:
         raise RuntimeError("operation not permitted when stream is capturing")
@@ -113,6 +131,7 @@ def _failing(run: Run) -> Callable:
     ("capture", "why"),
     [
         (_wrong_gradients, "its replay differs from the eager pass by 0.01"),
+        (_moved_gradients, "its gradients are not the optimizer's buffer"),
         (_failing, "capture failed (RuntimeError: operation not permitted"),
     ],
 )
@@ -129,8 +148,28 @@ def test_a_graph_that_fails_its_check_is_dropped_and_nothing_is_lost(
     _assert_same_training(run, stats, _run(tmp_path, "plain", "algorithm.num_inner_steps=4"))
 
 
+def test_cuda_graphs_on_insists_in_one_line(tmp_path: Path) -> None:
+    run = _run(tmp_path, "strict", "algorithm.num_inner_steps=4")
+    run.graphed = _graphed(run, _wrong_gradients(run), strict=True)
+    message = (
+        r"^cluster.cuda_graphs=on but the CUDA graph cannot be used: its replay differs from "
+        r"the eager pass by 0.01; use cluster.cuda_graphs=auto to step eagerly instead$"
+    )
+    with pytest.raises(ValueError, match=message):
+        _train(run)
+
+
 def test_cpu_runs_take_the_plain_path_and_say_so(tmp_path: Path) -> None:
     run = _run(tmp_path, "auto")  # cluster.cuda_graphs=auto, the default
     assert run.graphed is None
     with pytest.raises(ValueError, match=r"Invalid cluster.cuda_graphs: 'on' \(the device is cpu"):
         _run(tmp_path, "on", "cluster.cuda_graphs=on")
+
+
+def test_a_run_stopped_by_cuda_graphs_on_resumes_with_auto() -> None:
+    """`on` stops a run whose graph fails its check; the README says to resume with `auto`."""
+    saved = _plain_config(compose_config("cluster.cuda_graphs=on", "cluster.device=cuda"))
+    here = _plain_config(compose_config("cluster.device=cuda"))
+    assert _config_changes(saved, here) == []
+    other = _plain_config(compose_config("cluster.device=cuda", "model.channels=8"))
+    assert _config_changes(saved, other) != []
