@@ -41,6 +41,14 @@ _TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
 _LOW_PRECISION_TOLERANCE = 3e-2  # bf16, fp16
 
 
+def forward_backward(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """One replica's training pass: backward of its cross-entropy; ``[loss, accuracy]``."""
+    out = model(x)
+    loss = nn.functional.cross_entropy(out, y)
+    loss.backward()
+    return torch.stack([loss.detach(), (out.detach().argmax(dim=1) == y).float().mean()])
+
+
 class GraphedPasses:
     """Forward and backward of every replica on its minibatch: eagerly, then from a CUDA graph.
 
@@ -90,14 +98,9 @@ class GraphedPasses:
 
     def _pass(self) -> Tensor:
         """The plain path's arithmetic from the static buffers: ``[2, replicas]`` loss, accuracy."""
-        losses, hits = [], []
-        for a, model in enumerate(self.models):
-            out = model(self.x[a])
-            loss = nn.functional.cross_entropy(out, self.y[a])
-            loss.backward()
-            losses.append(loss.detach())
-            hits.append((out.detach().argmax(dim=1) == self.y[a]).float().mean())
-        return torch.stack([torch.stack(losses), torch.stack(hits)])
+        return torch.stack(
+            [forward_backward(m, x, y) for m, x, y in zip(self.models, self.x, self.y)], dim=1
+        )
 
     def __call__(self, indices: list[Tensor]) -> Tensor:
         self._load(indices)

@@ -42,7 +42,7 @@ from elastic_entropy.distributed import (
     teardown,
     wrap_data_parallel,
 )
-from elastic_entropy.graphs import GraphedPasses, cuda_graph_capture
+from elastic_entropy.graphs import GraphedPasses, cuda_graph_capture, forward_backward
 from elastic_entropy.loggers import Progress, RunLogger
 from elastic_entropy.models import build_model
 from elastic_entropy.optim import (
@@ -374,16 +374,12 @@ def _graphed_passes(
 
 
 def _plain_passes(run: Run, indices: list[Tensor]) -> Tensor:
-    losses, hits = [], []
+    stats = []
     for a, model in enumerate(run.forward_models):
-        target = run.data.y_train[indices[a]]
-        with run.randomness.use(a):
-            out = model(run.data.x_train[indices[a]])
-            loss = nn.functional.cross_entropy(out, target)
-        loss.backward()
-        losses.append(loss.detach())
-        hits.append((out.detach().argmax(dim=1) == target).float().mean())
-    return torch.stack([torch.stack(losses), torch.stack(hits)])
+        x, y = run.data.x_train[indices[a]], run.data.y_train[indices[a]]
+        with run.randomness.use(a):  # dropout masks are drawn in forward; backward draws none
+            stats.append(forward_backward(model, x, y))
+    return torch.stack(stats, dim=1)
 
 
 def train_step(run: Run) -> Tensor:
