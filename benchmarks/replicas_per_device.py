@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from benchmarks.common import median_seconds, write_results
-from elastic_entropy.graphs import GraphedPasses, cuda_graph_capture
 from elastic_entropy.optim import Parle, replica_param_groups
+from elastic_entropy.training.graphs import GraphedPasses, cuda_graph_capture
 
 WIDTHS = (8, 16, 32)  # about 0.03M, 0.1M and 0.4M parameters
 

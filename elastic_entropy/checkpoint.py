@@ -23,7 +23,9 @@ import torch
 
 CHECKPOINTS = "checkpoints"
 MANIFEST = "MANIFEST.json"
-FORMAT = 1
+FORMAT = 2
+# format 1: before each component saved its own state (the checkpointer converts it)
+READABLE_FORMATS = (1, 2)
 
 
 class CheckpointError(ValueError):
@@ -130,9 +132,11 @@ def load_rank(found: Found, rank: int) -> dict[str, Any]:
             f"cannot read {found.path / f'rank-{rank}.pt'} ({type(error).__name__}): the file is "
             "damaged or not a checkpoint; move it away or choose another hydra.run.dir"
         ) from error
-    if state.get("format") != FORMAT:
+    if state.get("format") not in READABLE_FORMATS:
         raise CheckpointError(
-            f"{found.path} has checkpoint format {state.get('format')}, not {FORMAT}"
+            f"{found.path} has checkpoint format {state.get('format')}, not one of "
+            f"{', '.join(map(str, READABLE_FORMATS))}; it was written by another version of "
+            "elastic-entropy: choose another hydra.run.dir"
         )
     return state
 

@@ -1,9 +1,17 @@
-"""Process-group set-up from torchrun's or SLURM's environment: the one place a group is made.
+"""The job's processes: the one place a process group is made, and what a run does with it.
 
 ``init_distributed`` reads the ranks (torchrun: ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; ``srun``
 without torchrun: ``SLURM_PROCID``/``SLURM_STEP_NUM_TASKS``/``SLURM_LOCALID``), picks the device
 (``cuda:LOCAL_RANK`` when CUDA is there) and the backend (NCCL for CUDA, gloo for CPU), and sets an
 explicit timeout so that a dead peer ends the job instead of hanging it.
+
+Besides: the run's own collectives on Python objects and flags (``broadcast_object``,
+``gather_objects``, ``any_rank``, ``barrier``), a failed collective told as a lost peer
+(``as_peer_lost``), leaving the group (``teardown``, ``exit_worker``) and ``seed_everything``.
+The averages between replicas are not here: the communicators, the choice among them
+(``make_communicator``) and DDP with its traffic counted (``wrap_data_parallel``) live in
+:mod:`elastic_entropy.comm`. This module and that package are the only ones that call
+``torch.distributed``.
 """
 
 from __future__ import annotations
@@ -20,11 +28,6 @@ from typing import Any, NoReturn, TypeVar
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch import nn
-
-from elastic_entropy.comm import Communicator, LocalCommunicator
-from elastic_entropy.comm.base import CommStats
-from elastic_entropy.comm.torch_dist import DistributedCommunicator, HierarchicalCommunicator
 
 T = TypeVar("T")
 
@@ -153,27 +156,6 @@ def init_distributed(
     return DistInfo(rank, world_size, local_rank, torch_device, chosen)
 
 
-def make_communicator(
-    info: DistInfo,
-    replicas_per_process: int,
-    processes_per_node: int | None = None,
-    inter_node_period: int = 1,
-) -> Communicator:
-    """Local for one process; flat on one node; hierarchical (process, node, job) across nodes.
-
-    ``processes_per_node`` defaults to torchrun's ``LOCAL_WORLD_SIZE`` (or SLURM's tasks per node).
-    """
-    if not info.is_distributed:
-        return LocalCommunicator(replicas_per_process)
-    if processes_per_node is None:
-        env = os.environ
-        local = env.get("LOCAL_WORLD_SIZE") or env.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]
-        processes_per_node = int(local) if local else info.world_size
-    if processes_per_node < info.world_size or inter_node_period != 1:
-        return HierarchicalCommunicator(replicas_per_process, processes_per_node, inter_node_period)
-    return DistributedCommunicator(replicas_per_process)
-
-
 def broadcast_object(obj: T, info: DistInfo) -> T:
     """Rank 0's ``obj`` on every rank."""
     if not info.is_distributed:
@@ -248,34 +230,6 @@ def teardown(info: DistInfo, *, is_clean: bool = True) -> None:
         # free a group held in reference cycles now, not during interpreter finalisation, where
         # gloo's destructor can abort the process
         gc.collect()
-
-
-def wrap_data_parallel(model: nn.Module, info: DistInfo, stats: CommStats) -> nn.Module:
-    """torch's ``DistributedDataParallel`` around ``model``, its all-reduces counted in ``stats``
-    (a communication hook doing what DDP's default does: average each bucket).
-
-    One process alone has nothing to average with: the model is returned as it is.
-    """
-    if not info.is_distributed:
-        return model
-    device_ids = [info.device.index] if info.device.type == "cuda" else None
-    # buffers (batch-norm statistics) stay per process, as in DataParallelSGD
-    wrapped = nn.parallel.DistributedDataParallel(
-        model, device_ids=device_ids, broadcast_buffers=False
-    )
-    world_size = info.world_size
-
-    # no annotations: DDP checks a hook's against its own classes, and here they are strings
-    def averaged(state, bucket):  # noqa: ANN001
-        buf = bucket.buffer()
-        stats.num_collectives += 1
-        stats.bytes_per_replica += buf.numel() * buf.element_size()
-        buf.div_(world_size)
-        future = dist.all_reduce(buf, async_op=True).get_future()
-        return future.then(lambda done: done.value()[0])
-
-    wrapped.register_comm_hook(None, averaged)
-    return wrapped
 
 
 def exit_worker(code: int = 0) -> NoReturn:

@@ -6,24 +6,26 @@ or an event (``{"event": "resume", ...}``) that only the JSONL file keeps.
 
 wandb never stops a run: without credentials it runs offline (or as ``WANDB_MODE`` says), and if
 it cannot start at all the run goes on without it. Asking for ``online`` without credentials is the
-one mistake refused, before anything starts (:func:`check_wandb`, called by the config).
+one mistake refused, before anything starts (``sink_checks.check_wandb``, called by the config).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
-import netrc
 import os
 import secrets
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import urlsplit
 
 from tqdm import tqdm
+
+# the checks live in a leaf module that the config imports too; re-exported here, where they were
+from elastic_entropy.sink_checks import check_wandb as check_wandb
+from elastic_entropy.sink_checks import resolve_wandb_mode
+from elastic_entropy.sink_checks import wandb_credentials as wandb_credentials
 
 if TYPE_CHECKING:
     from elastic_entropy.config import LoggerConfig, WandbConfig
@@ -111,67 +113,6 @@ class Progress:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-
-
-# ---------------------------------------------------------------------------------- wandb's mode
-_ENV_MODES = {
-    "online": "online",
-    "run": "online",
-    "offline": "offline",
-    "dryrun": "offline",
-    "disabled": "disabled",
-}
-
-
-def wandb_credentials() -> str | None:
-    """Where wandb would find an API key (``WANDB_API_KEY``, an identity token, a ``.netrc``
-    entry for ``WANDB_BASE_URL``'s host), or None. Read without importing wandb."""
-    for variable in ("WANDB_API_KEY", "WANDB_IDENTITY_TOKEN_FILE"):
-        if os.environ.get(variable):
-            return variable
-    host = urlsplit(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").netloc
-    path = Path(os.environ.get("NETRC") or "~/.netrc").expanduser()
-    try:
-        entry = netrc.netrc(str(path)).authenticators(host)
-    except (OSError, netrc.NetrcParseError):
-        return None
-    return str(path) if entry and entry[2] else None
-
-
-def resolve_wandb_mode(requested: str) -> str:
-    """``online``, ``offline`` or ``disabled``: the config's choice, else ``WANDB_MODE`` (and
-    ``WANDB_DISABLED``), else online when there are credentials and offline when not."""
-    if requested != "auto":
-        return requested
-    if os.environ.get("WANDB_DISABLED", "").strip().lower() in ("1", "true", "yes"):
-        return "disabled"
-    env = os.environ.get("WANDB_MODE", "").strip().lower()
-    if env:
-        if env not in _ENV_MODES:
-            raise ValueError(
-                f"Invalid WANDB_MODE: {env!r} (choose online, offline or disabled, or unset it)"
-            )
-        return _ENV_MODES[env]
-    return "online" if wandb_credentials() else "offline"
-
-
-def check_wandb(requested: str) -> None:
-    """Refuse ``online`` without credentials: wandb would stop to prompt or fail mid-run."""
-    mode = resolve_wandb_mode(requested)
-    if mode == "online" and wandb_credentials() is None:
-        how = "logger.wandb.mode=online" if requested == "online" else "WANDB_MODE=online"
-        raise ValueError(
-            f"{how} needs wandb credentials, and there are none (no WANDB_API_KEY, no ~/.netrc "
-            "entry): run `wandb login` or set WANDB_API_KEY, or use logger.wandb.mode=offline"
-        )
-
-
-def check_tensorboard() -> None:
-    if importlib.util.find_spec("tensorboard") is None:
-        raise ValueError(
-            "logger.sinks has tensorboard but the tensorboard package is not installed; "
-            "pip install tensorboard, or drop tensorboard from logger.sinks"
-        )
 
 
 def _sweep() -> tuple[str | None, str | None]:
@@ -329,6 +270,13 @@ class RunLogger:
         """The run's final numbers (wandb's run summary)."""
         if self._wandb is not None and self._wandb in self._sinks:
             self._wandb.summary(values)
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps: the wandb run id, so that a resumed job continues its run."""
+        return {"wandb_run_id": self.wandb_run_id}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.wandb_run_id = state.get("wandb_run_id")
 
     def truncate_after(self, step: int) -> None:
         self.jsonl.truncate_after(step)

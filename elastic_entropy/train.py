@@ -21,12 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from elastic_entropy.config import GROUPS, Config, register_configs
-
-# user mistakes get one line and exit code 2; ELASTIC_ENTROPY_DEBUG=1 shows the traceback
-USER_ERRORS = (ValueError, FileNotFoundError, PermissionError, OmegaConfBaseException)
-EXIT_USAGE = 2
-EXIT_DIVERGED = 3
-EXIT_PEER_LOST = 4
+from elastic_entropy.training.preemption import EXIT_USAGE, exit_for
 
 
 def _fail(message: str) -> None:
@@ -47,31 +42,20 @@ def _to_config(cfg: DictConfig) -> Config:
 
 @hydra.main(version_base="1.3", config_path=None, config_name="config")
 def _app(cfg: DictConfig) -> None:
-    from elastic_entropy.distributed import PeerLostError
-    from elastic_entropy.optim import DivergedError
-    from elastic_entropy.trainer import (
-        EXIT_PREEMPTED,
-        Preempted,
-        train,  # torch is imported after argument parsing
-    )
+    from elastic_entropy.training import train  # torch is imported after argument parsing
 
     try:
         config = _to_config(cfg)
         hydra_config = HydraConfig.get()
         train(config, Path(hydra_config.runtime.output_dir), tuple(hydra_config.overrides.task))
-    except Preempted as stop:
-        print(f"elastic-entropy: {stop}; rerun the same command to resume", file=sys.stderr)
-        sys.exit(EXIT_PREEMPTED)
-    except PeerLostError as error:
-        print(f"elastic-entropy: {error}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_PEER_LOST)
-    except DivergedError as error:
-        print(f"elastic-entropy: diverged: {error}", file=sys.stderr, flush=True)
-        sys.exit(EXIT_DIVERGED)
-    except USER_ERRORS as error:
-        if os.environ.get("ELASTIC_ENTROPY_DEBUG"):
+    except Exception as error:
+        ending = exit_for(error)
+        # user mistakes get one line and exit code 2; ELASTIC_ENTROPY_DEBUG=1 shows the traceback
+        if ending is None or (ending[0] == EXIT_USAGE and os.environ.get("ELASTIC_ENTROPY_DEBUG")):
             raise
-        _fail(str(error))
+        code, message = ending
+        print(f"elastic-entropy: {message}", file=sys.stderr, flush=True)
+        sys.exit(code)
 
 
 def _rank_overrides() -> list[str]:

@@ -7,7 +7,7 @@ the rows (in the process), then across processes with one all-reduce of one ``N`
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import torch
@@ -34,6 +34,15 @@ class CommStats:
     def record(self, buf: torch.Tensor, extra_elements: int = 0) -> None:
         self.num_collectives += 1
         self.bytes_per_replica += (buf[0].numel() + extra_elements) * buf.element_size()
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every field by name: what checkpoints have always kept (``asdict`` of the stats)."""
+        return asdict(self)
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # num_outer_means too: a period across nodes keeps its phase on resume
+        for name, value in state.items():
+            setattr(self, name, value)
 
 
 class Pending(Protocol):

@@ -1,10 +1,11 @@
-"""A communicator over ``torch.distributed`` (gloo on CPUs, NCCL on GPUs)."""
+"""The communicators over ``torch.distributed`` (gloo on CPUs, NCCL on GPUs): flat and
+hierarchical."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Generic, TypeVar
 
 import torch
 import torch.distributed as dist
@@ -18,6 +19,8 @@ from elastic_entropy.comm.base import (
     unpack_masked,
 )
 
+R = TypeVar("R")
+
 
 def _timed_wait(work: dist.Work, stats: CommStats) -> None:
     started = time.perf_counter()
@@ -25,45 +28,39 @@ def _timed_wait(work: dist.Work, stats: CommStats) -> None:
     stats.wait_s += time.perf_counter() - started
 
 
-class _AllReduce:
-    """An all-reduce in flight; ``wait()`` may be called any number of times."""
+class _InFlight(Generic[R]):
+    """One or two all-reduces of ``buf`` in flight, finished on the first ``wait()``; a later
+    ``wait()`` returns the same result.
+
+    ``work`` is the all-reduce already started (None: nothing to wait for). ``across``, when set,
+    is the group of a second, blocking all-reduce run in ``wait()`` once ``work`` is done: it sums
+    what the first produced (node sums across nodes). ``finish`` makes the result of the summed
+    ``buf`` (divided, or unpacked). Both waits count in ``stats.wait_s``.
+    """
 
     def __init__(
-        self, work: dist.Work | None, total: torch.Tensor, num_replicas: int, stats: CommStats
+        self,
+        work: dist.Work | None,
+        buf: torch.Tensor,
+        finish: Callable[[torch.Tensor], R],
+        stats: CommStats,
+        across: dist.ProcessGroup | None = None,
     ) -> None:
-        self._work = work
-        self._total = total
-        self._num_replicas = num_replicas
-        self._stats = stats
-        self._result: torch.Tensor | None = None
+        self._work, self._buf, self._across = work, buf, across
+        self._finish, self._stats = finish, stats
+        self._result: R | None = None
 
-    def wait(self) -> torch.Tensor:
+    def wait(self) -> R:
         if self._result is None:
             if self._work is not None:
                 _timed_wait(self._work, self._stats)
                 self._work = None
-            self._result = self._total.div_(self._num_replicas)
-        return self._result
-
-
-class _MaskedAllReduce:
-    """A masked all-reduce in flight; ``wait()`` may be called any number of times."""
-
-    def __init__(
-        self, work: dist.Work | None, packed: torch.Tensor, num_replicas: int, stats: CommStats
-    ) -> None:
-        self._work = work
-        self._packed = packed
-        self._num_replicas = num_replicas
-        self._stats = stats
-        self._result: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def wait(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._result is None:
-            if self._work is not None:
-                _timed_wait(self._work, self._stats)
-                self._work = None
-            self._result = unpack_masked(self._packed, self._num_replicas)
+            if self._across is not None:
+                started = time.perf_counter()
+                dist.all_reduce(self._buf, op=dist.ReduceOp.SUM, group=self._across)
+                self._stats.wait_s += time.perf_counter() - started
+                self._across = None
+            self._result = self._finish(self._buf)
         return self._result
 
 
@@ -98,16 +95,21 @@ class DistributedCommunicator:
     def replica_offset(self) -> int:
         return self.rank * self.replicas_per_process
 
+    def _divide(self, total: torch.Tensor) -> torch.Tensor:
+        return total.div_(self.num_replicas)
+
+    def _unpack(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return unpack_masked(packed, self.num_replicas)
+
     def mean_async(self, buf: torch.Tensor) -> Pending:
         check_stacked(buf, self.replicas_per_process)
         total = buf.sum(dim=0)
-        if self.num_replicas == 1:
-            return _AllReduce(None, total, 1, self.stats)
-        self.stats.record(buf)
-        if self.world_size == 1:
-            return _AllReduce(None, total, self.num_replicas, self.stats)
-        work = dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
-        return _AllReduce(work, total, self.num_replicas, self.stats)
+        work = None
+        if self.num_replicas > 1:
+            self.stats.record(buf)
+            if self.world_size > 1:
+                work = dist.all_reduce(total, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
+        return _InFlight(work, total, self._divide, self.stats)
 
     def mean(self, buf: torch.Tensor) -> torch.Tensor:
         return self.mean_async(buf).wait()
@@ -121,40 +123,13 @@ class DistributedCommunicator:
         work = None
         if self.world_size > 1:
             work = dist.all_reduce(packed, op=dist.ReduceOp.SUM, group=self.group, async_op=True)
-        return _MaskedAllReduce(work, packed, self.num_replicas, self.stats)
+        return _InFlight(work, packed, self._unpack, self.stats)
 
     def __repr__(self) -> str:
         return (
             f"DistributedCommunicator(world_size={self.world_size}, "
             f"replicas_per_process={self.replicas_per_process})"
         )
-
-
-class _Chained:
-    """Reduce within the node, then (when ``across``) across nodes; finished on first wait."""
-
-    def __init__(
-        self,
-        first: dist.Work | None,
-        packed: torch.Tensor,
-        across: dist.ProcessGroup | None,
-        finish: Callable[[torch.Tensor], object],
-        stats: CommStats,
-    ) -> None:
-        self._first, self._packed, self._across = first, packed, across
-        self._finish, self._stats = finish, stats
-        self._result: object = None
-
-    def wait(self) -> Any:
-        if self._result is None:
-            if self._first is not None:
-                _timed_wait(self._first, self._stats)
-            if self._across is not None:
-                started = time.perf_counter()
-                dist.all_reduce(self._packed, op=dist.ReduceOp.SUM, group=self._across)
-                self._stats.wait_s += time.perf_counter() - started
-            self._result = self._finish(self._packed)
-        return self._result
 
 
 class HierarchicalCommunicator(DistributedCommunicator):
@@ -197,20 +172,21 @@ class HierarchicalCommunicator(DistributedCommunicator):
         self.node = self.rank // processes_per_node
 
     def _start(
-        self, packed: torch.Tensor, across: bool, finish: Callable[[torch.Tensor], object]
-    ) -> Any:
+        self, packed: torch.Tensor, across: bool, finish: Callable[[torch.Tensor], R]
+    ) -> _InFlight[R]:
+        """Reduce within the node, then (when ``across``) across nodes on the first wait."""
         first = None
         if self.processes_per_node > 1:
             first = dist.all_reduce(
                 packed, op=dist.ReduceOp.SUM, group=self.node_group, async_op=True
             )
         peer = self.peer_group if across and self.num_nodes > 1 else None
-        return _Chained(first, packed, peer, finish, self.stats)
+        return _InFlight(first, packed, finish, self.stats, across=peer)
 
     def mean_async(self, buf: torch.Tensor) -> Pending:
         check_stacked(buf, self.replicas_per_process)
         self.stats.record(buf)
-        return self._start(buf.sum(dim=0), True, lambda total: total.div_(self.num_replicas))
+        return self._start(buf.sum(dim=0), True, self._divide)
 
     def masked_mean_async(self, buf: torch.Tensor, valid: torch.Tensor) -> PendingMasked:
         check_stacked(buf, self.replicas_per_process)
@@ -220,12 +196,12 @@ class HierarchicalCommunicator(DistributedCommunicator):
         across = self.stats.num_outer_means % self.inter_node_period == 0
         self.stats.num_outer_means += 1
         if across:
-            return self._start(packed, True, lambda p: unpack_masked(p, self.num_replicas))
+            return self._start(packed, True, self._unpack)
         per_node = self.processes_per_node * self.replicas_per_process
         first = self.node * per_node
 
         def node_only(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            mean, flags = unpack_masked(p, self.num_replicas)
+            mean, flags = self._unpack(p)
             # replicas of other nodes took no part: not diverged, just not asked
             others = torch.ones_like(flags)
             others[first : first + per_node] = flags[first : first + per_node]

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import torch
+from torch import Tensor
 
-from elastic_entropy.optim.parle import DivergedError
+from elastic_entropy.optim.consensus import DivergedError
 from elastic_entropy.optim.sgd import SGD
+
+
+def _require_finite(grad: Tensor, step: int) -> None:
+    # one shared gradient: if it is not finite, every replica has diverged alike
+    if not bool(torch.isfinite(grad.sum(dtype=torch.float64))):
+        raise DivergedError(f"the averaged gradient is not finite at step {step}; lower lr")
 
 
 class DataParallelSGD(SGD):
@@ -21,16 +28,13 @@ class DataParallelSGD(SGD):
         opt = DataParallelSGD(model.parameters(), lr=0.1, comm=DistributedCommunicator())
     """
 
-    def _elastic_step(self) -> None:
-        for storage in self._storages.values():
-            mean = self.comm.mean(storage.grad)
-            # one shared gradient: if it is not finite, every replica has diverged alike
-            if not bool(torch.isfinite(mean.sum(dtype=torch.float64))):
-                raise DivergedError(
-                    f"the averaged gradient is not finite at step {self.num_steps + 1}; lower lr"
-                )
-            storage.grad.copy_(mean.expand_as(storage.grad))
-        self._elastic_update(None, 0.0)
+    def exchange(self) -> None:
+        """All-reduce the gradients, then every replica takes the same step."""
+        for grad in self.buffers.flat("grad").values():
+            mean = self.comm.mean(grad)
+            _require_finite(mean, self.num_steps + 1)
+            grad.copy_(mean.expand_as(grad))
+        self.elastic_update()
 
 
 class SGDAfterDDP(SGD):
@@ -40,10 +44,8 @@ class SGDAfterDDP(SGD):
     as :class:`DataParallelSGD` does.
     """
 
-    def _elastic_step(self) -> None:
-        for storage in self._storages.values():
-            if not bool(torch.isfinite(storage.grad.sum(dtype=torch.float64))):
-                raise DivergedError(
-                    f"the averaged gradient is not finite at step {self.num_steps + 1}; lower lr"
-                )
-        self._elastic_update(None, 0.0)
+    def exchange(self) -> None:
+        """No collective: DDP has averaged the gradients already."""
+        for grad in self.buffers.flat("grad").values():
+            _require_finite(grad, self.num_steps + 1)
+        self.elastic_update()

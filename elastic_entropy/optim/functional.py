@@ -1,4 +1,8 @@
-"""The functional core of Parle: the updates of DESIGN.md section 1, on lists of tensors.
+"""The functional core of Parle: its updates, on lists of tensors.
+
+The equations are those of Chaudhari et al., "Parle: parallelizing stochastic gradient descent"
+(SysML 2018), whose inner loop is Entropy-SGD's (Chaudhari et al., "Entropy-SGD: biasing gradient
+descent into wide valleys", ICLR 2017).
 
 Each function loops over tensors. :class:`~elastic_entropy.optim.Parle` calls them with one flat
 ``[replicas, N]`` buffer per parameter group, device and dtype (a list of length one in the usual

@@ -55,17 +55,14 @@ class LocalSGD(SGD):
     def steps_per_exchange(self) -> int:
         return self.num_local_steps
 
-    def _elastic_step(self) -> None:
-        self._elastic_update(None, 0.0)
+    def exchange(self) -> Tensor | None:
+        """Every replica's own step; every ``num_local_steps``-th call, then the average."""
+        self.elastic_update()
         if (self.num_steps + 1) % self.num_local_steps != 0:
-            return
-        means, valid_global = self._average("live")
-        if self._should_diagnose:
-            self._measure(means, "live", gamma=0.0, rho=0.0)
-        for key, storage in self._storages.items():
-            storage.live.copy_(means[key].expand_as(storage.live))
-        if not bool(valid_global.all()):
-            self._quarantine(valid_global)
+            return None
+        means, valid_global = self.average("live", rho=0.0)
+        self.buffers.assign_live(means)
+        return valid_global
 
     def state_dict(self) -> dict[str, Any]:
         state = super().state_dict()

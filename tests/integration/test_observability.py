@@ -180,7 +180,7 @@ def test_wandb_offline_runs_hold_the_history_and_share_one_run_id(resumed: Path)
     saved = torch.load(
         sorted((resumed / "checkpoints").glob("step-*/rank-0.pt"))[-1], weights_only=False
     )
-    assert files[0].name == f"run-{saved['wandb_run_id']}.wandb"  # kept in the checkpoint
+    assert files[0].name == f"run-{saved['logger']['wandb_run_id']}.wandb"  # kept in the checkpoint
     records = _records(resumed)
     resumed_at = next(r["step"] for r in records if r.get("event") == "resume")
     before, after = (history for _, history in runs_and_rows)

@@ -6,7 +6,7 @@ import pytest
 from hydra.errors import ConfigCompositionException
 
 from elastic_entropy.config import ParleConfig
-from elastic_entropy.trainer import make_plan
+from elastic_entropy.training.run import make_plan
 from tests.conftest import compose_config
 
 

@@ -10,7 +10,8 @@ import torch
 
 from benchmarks.replicas_per_device import Replicas, captured
 from elastic_entropy.distributed import DistInfo
-from elastic_entropy.trainer import Run, build_run, train_step
+from elastic_entropy.training.loop import train_step
+from elastic_entropy.training.run import Run, build_run
 from tests.conftest import compose_config, run_cli
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

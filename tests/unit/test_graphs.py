@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -18,14 +19,10 @@ import torch
 from torch import Tensor
 
 from elastic_entropy.distributed import DistInfo
-from elastic_entropy.graphs import GraphedPasses
-from elastic_entropy.trainer import (
-    Run,
-    _config_changes,
-    _plain_config,
-    build_run,
-    train_step,
-)
+from elastic_entropy.training.checkpointer import config_changes, plain_config
+from elastic_entropy.training.graphs import GraphedPasses
+from elastic_entropy.training.loop import train_step
+from elastic_entropy.training.run import Run, build_run
 from tests.conftest import compose_config
 
 CPU = DistInfo(0, 1, 0, torch.device("cpu"), None)
@@ -85,7 +82,7 @@ def _assert_same_training(mine: Run, mine_stats: list[Tensor], plain: Run) -> No
 @pytest.mark.parametrize("algorithm", ["algorithm.num_inner_steps=4", "algorithm=sgd"])
 def test_graph_path_trains_as_the_plain_path_bit_for_bit(tmp_path: Path, algorithm: str) -> None:
     graphed = _run(tmp_path, "graphed", algorithm)
-    graphed.graphed = _graphed(graphed, _replay_like_a_graph)
+    graphed = replace(graphed, graphed=_graphed(graphed, _replay_like_a_graph))
     stats = _train(graphed)
     assert graphed.graphed.is_active and graphed.graphed.max_difference is None
     # every step's statistics are its own, not the last replay's output seen twice
@@ -139,8 +136,8 @@ def test_a_graph_that_fails_its_check_is_dropped_and_nothing_is_lost(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, capture: Callable, why: str
 ) -> None:
     run = _run(tmp_path, "graphed", "algorithm.num_inner_steps=4")
-    run.graphed = _graphed(run, capture(run))
-    with caplog.at_level(logging.WARNING, logger="elastic_entropy.graphs"):
+    run = replace(run, graphed=_graphed(run, capture(run)))
+    with caplog.at_level(logging.WARNING, logger="elastic_entropy.training.graphs"):
         stats = _train(run)
     assert not run.graphed.is_active and run.graphed.is_dropped
     assert f"CUDA graphs off for this run: {why}" in caplog.text
@@ -150,7 +147,7 @@ def test_a_graph_that_fails_its_check_is_dropped_and_nothing_is_lost(
 
 def test_cuda_graphs_on_insists_in_one_line(tmp_path: Path) -> None:
     run = _run(tmp_path, "strict", "algorithm.num_inner_steps=4")
-    run.graphed = _graphed(run, _wrong_gradients(run), strict=True)
+    run = replace(run, graphed=_graphed(run, _wrong_gradients(run), strict=True))
     message = (
         r"^cluster.cuda_graphs=on but the CUDA graph cannot be used: its replay differs from "
         r"the eager pass by 0.01; use cluster.cuda_graphs=auto to step eagerly instead$"
@@ -168,8 +165,8 @@ def test_cpu_runs_take_the_plain_path_and_say_so(tmp_path: Path) -> None:
 
 def test_a_run_stopped_by_cuda_graphs_on_resumes_with_auto() -> None:
     """`on` stops a run whose graph fails its check; the README says to resume with `auto`."""
-    saved = _plain_config(compose_config("cluster.cuda_graphs=on", "cluster.device=cuda"))
-    here = _plain_config(compose_config("cluster.device=cuda"))
-    assert _config_changes(saved, here) == []
-    other = _plain_config(compose_config("cluster.device=cuda", "model.channels=8"))
-    assert _config_changes(saved, other) != []
+    saved = plain_config(compose_config("cluster.cuda_graphs=on", "cluster.device=cuda"))
+    here = plain_config(compose_config("cluster.device=cuda"))
+    assert config_changes(saved, here) == []
+    other = plain_config(compose_config("cluster.device=cuda", "model.channels=8"))
+    assert config_changes(saved, other) != []

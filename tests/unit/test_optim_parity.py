@@ -70,7 +70,8 @@ def test_sgd_preset_is_the_same_corner() -> None:
 
 # ---------------------------------------------------------------- the spec, written out per tensor
 class SpecParle:
-    """DESIGN.md section 1 as plain per-tensor Python, for n replicas in lockstep."""
+    """The update of Parle (Chaudhari et al., SysML 2018) as plain per-tensor Python, for n
+    replicas in lockstep."""
 
     def __init__(
         self,

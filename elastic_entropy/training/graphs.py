@@ -29,6 +29,8 @@ from typing import TypeAlias
 import torch
 from torch import Tensor, nn
 
+from elastic_entropy.training.passes import forward_backward
+
 log = logging.getLogger(__name__)
 
 # makes the replay function of a pass
@@ -39,14 +41,6 @@ Capture: TypeAlias = Callable[[Callable[[], Tensor]], Callable[[], Tensor]]
 # that and far tighter than a miscaptured pass (stale inputs, lost accumulation), which is O(1) off
 _TOLERANCE = {torch.float32: 1e-3, torch.float64: 1e-6}
 _LOW_PRECISION_TOLERANCE = 3e-2  # bf16, fp16
-
-
-def forward_backward(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """One replica's training pass: backward of its cross-entropy; ``[loss, accuracy]``."""
-    out = model(x)
-    loss = nn.functional.cross_entropy(out, y)
-    loss.backward()
-    return torch.stack([loss.detach(), (out.detach().argmax(dim=1) == y).float().mean()])
 
 
 class GraphedPasses:
@@ -234,3 +228,36 @@ def cuda_graph_capture(device: torch.device) -> Capture:
         return replay
 
     return capture
+
+
+def graphed_passes(
+    mode: str,
+    models: list[nn.Module],
+    x_train: Tensor,
+    y_train: Tensor,
+    batch_size: int,
+    *,
+    has_hooks: bool,
+) -> GraphedPasses | None:
+    """The CUDA-graph path when ``cluster.cuda_graphs`` (``mode``) asks for it and it can be
+    taken; None for the plain path. ``on`` where it cannot be taken is a ValueError."""
+    if mode == "off":
+        return None
+    device = x_train.device
+    why_not = None
+    if device.type != "cuda":
+        why_not = f"the device is {device.type}, not CUDA"
+    elif has_hooks:
+        # dropout swaps each replica's random stream around its forward, DDP all-reduces in
+        # backward hooks: neither can live inside a graph
+        why_not = "the model has dropout or runs under DistributedDataParallel"
+    if why_not is None:
+        capture = cuda_graph_capture(device)
+        return GraphedPasses(
+            models, x_train, y_train, batch_size, capture=capture, strict=mode == "on"
+        )
+    if mode == "on":
+        raise ValueError(
+            f"Invalid cluster.cuda_graphs: 'on' ({why_not}); use cluster.cuda_graphs=auto or off"
+        )
+    return None

@@ -1,0 +1,218 @@
+"""Structured configs: one dataclass per component, registered as options of Hydra's groups.
+
+Groups: ``algorithm/`` (parle, entropy_sgd, elastic_sgd, sgd, dp_sgd, local_sgd, ddp),
+``model/`` (cnn1d, mlp, lenet), ``data/`` (mnist1d, digits, mnist, cifar10), ``scoping/``
+(exponential, constant), ``cluster/`` (local, gpu), ``logger/`` (basic, tensorboard, wandb, all).
+Algorithm keys are the optimizer's argument names. Values are checked in ``__post_init__``, which
+runs when the composed config becomes objects (``OmegaConf.to_object``).
+
+Each group's dataclasses live in their own module (``algorithm``, ``workload``, ``cluster``,
+``logger``); this one holds the root ``Config``, the groups' options and their registration.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from elastic_entropy.config._checks import _non_negative, _require
+from elastic_entropy.config.algorithm import (
+    AlgorithmConfig,
+    DataParallelSGDConfig,
+    DDPConfig,
+    ElasticSGDConfig,
+    EntropySGDConfig,
+    LocalSGDConfig,
+    ParleConfig,
+    ScopingConfig,
+    SGDConfig,
+    _InnerLoopConfig,
+)
+from elastic_entropy.config.cluster import CheckpointConfig, ClusterConfig
+from elastic_entropy.config.logger import (
+    SINKS,
+    WANDB_MODES,
+    AllLoggerConfig,
+    LoggerConfig,
+    TensorBoardLoggerConfig,
+    WandbConfig,
+    WandbLoggerConfig,
+)
+from elastic_entropy.config.workload import (
+    CNN1DConfig,
+    DataConfig,
+    LeNetConfig,
+    MLPConfig,
+    ModelConfig,
+)
+
+__all__ = [
+    "GROUPS",
+    "HELP_FOOTER",
+    "HELP_HEADER",
+    "LR_SCHEDULES",
+    "SINKS",
+    "WANDB_MODES",
+    "AlgorithmConfig",
+    "AllLoggerConfig",
+    "CNN1DConfig",
+    "CheckpointConfig",
+    "ClusterConfig",
+    "Config",
+    "DDPConfig",
+    "DataConfig",
+    "DataParallelSGDConfig",
+    "ElasticSGDConfig",
+    "EntropySGDConfig",
+    "LeNetConfig",
+    "LocalSGDConfig",
+    "LoggerConfig",
+    "MLPConfig",
+    "ModelConfig",
+    "ParleConfig",
+    "SGDConfig",
+    "ScopingConfig",
+    "TensorBoardLoggerConfig",
+    "WandbConfig",
+    "WandbLoggerConfig",
+    "_InnerLoopConfig",
+    "_non_negative",
+    "_require",
+    "register_configs",
+]
+
+HELP_HEADER = """elastic-entropy: train with Parle (Entropy-SGD replicas elastically coupled to
+their average), Entropy-SGD, Elastic-SGD or SGD. Every run writes metrics.jsonl, config.yaml,
+results.json and reference.pt to its run directory (outputs/DATE/TIME).
+
+  elastic-entropy                                  Parle, 4 replicas, MNIST-1D (the default job)
+  elastic-entropy algorithm=sgd                    the baseline on the same machinery
+  elastic-entropy algorithm.num_inner_steps=5 algorithm.rho=0.5 data=digits model=mlp
+  torchrun --standalone --nproc-per-node=2 -m elastic_entropy.train cluster.replicas_per_process=2
+  elastic-entropy report RUN_DIR [RUN_DIR...]      redraw and compare runs from their metrics
+"""
+HELP_FOOTER = """Use --cfg job to print the composed config, --help for this text.
+Couplings are strengths: Deep Relaxation's variance is 1/gamma."""
+
+
+LR_SCHEDULES = ("constant", "cosine")
+
+
+@dataclass
+class Config:
+    defaults: list[Any] = field(
+        default_factory=lambda: [
+            {"algorithm": "parle"},
+            {"model": "cnn1d"},
+            {"data": "mnist1d"},
+            {"scoping": "exponential"},
+            {"cluster": "local"},
+            {"logger": "basic"},
+            "_self_",
+        ]
+    )
+    # Hydra's own settings: microseconds in the run directory so that two runs never share one
+    hydra: Any = field(
+        default_factory=lambda: {
+            "run": {"dir": "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"},
+            "sweep": {"dir": "multirun/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"},
+            "help": {"app_name": "elastic-entropy", "header": HELP_HEADER, "footer": HELP_FOOTER},
+            # the run writes config.yaml and overrides.yaml itself, once, when it starts fresh:
+            # Hydra's .hydra/ would be rewritten by every resumed or refused attempt
+            "output_subdir": None,
+        }
+    )
+    algorithm: Any = MISSING  # Any: each option keeps its own dataclass
+    model: Any = MISSING
+    data: DataConfig = MISSING
+    scoping: ScopingConfig = MISSING
+    cluster: ClusterConfig = MISSING
+    logger: LoggerConfig = MISSING
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    seed: int = 0
+    deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-reproducible runs
+    epochs: float = 20.0  # minibatches per replica = epochs x (training set / batch size)
+    max_steps: int | None = None  # when set, replaces epochs (minibatches per replica)
+    eval_every: float = 1.0  # epochs between evaluations of the reference
+    # constant, or cosine: lr and inner_lr annealed from their values to 0 over the run
+    lr_schedule: str = "constant"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        _require(self.epochs > 0, "epochs", self.epochs, "must be > 0")
+        if self.max_steps is not None:
+            _require(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
+        _require(self.eval_every > 0, "eval_every", self.eval_every, "must be > 0")
+        if self.algorithm.name == "ddp":
+            _require(
+                self.cluster.replicas_per_process in (None, 1),
+                "cluster.replicas_per_process",
+                self.cluster.replicas_per_process,
+                "algorithm=ddp wraps one model per process: start N processes with torchrun "
+                "--nproc-per-node=N, or use algorithm=dp_sgd for several replicas in one process",
+            )
+        _require(
+            not (self.algorithm.name == "ddp" and self.cluster.cuda_graphs == "on"),
+            "cluster.cuda_graphs",
+            self.cluster.cuda_graphs,
+            "algorithm=ddp runs torch's DistributedDataParallel, which is not captured; "
+            "use cluster.cuda_graphs=auto or off",
+        )
+        _require(
+            self.lr_schedule in LR_SCHEDULES,
+            "lr_schedule",
+            self.lr_schedule,
+            f"choose one of {', '.join(LR_SCHEDULES)}",
+        )
+
+    @property
+    def replicas_per_process(self) -> int:
+        if self.cluster.replicas_per_process is not None:
+            return self.cluster.replicas_per_process
+        return type(self.algorithm).DEFAULT_REPLICAS
+
+
+GROUPS: dict[str, dict[str, Any]] = {
+    "algorithm": {
+        "parle": ParleConfig,
+        "entropy_sgd": EntropySGDConfig,
+        "elastic_sgd": ElasticSGDConfig,
+        "sgd": SGDConfig,
+        "dp_sgd": DataParallelSGDConfig,
+        "local_sgd": LocalSGDConfig,
+        "ddp": DDPConfig,
+    },
+    "model": {"cnn1d": CNN1DConfig, "mlp": MLPConfig, "lenet": LeNetConfig},
+    "data": {
+        "mnist1d": DataConfig(name="mnist1d"),
+        "digits": DataConfig(name="digits", batch_size=32),
+        "mnist": DataConfig(name="mnist", batch_size=128),
+        "cifar10": DataConfig(name="cifar10", batch_size=128),
+    },
+    "scoping": {
+        "exponential": ScopingConfig,
+        "constant": ScopingConfig(
+            name="constant", gamma_rate=0.0, gamma_max=math.inf, rho_rate=0.0, rho_max=math.inf
+        ),
+    },
+    "cluster": {"local": ClusterConfig, "gpu": ClusterConfig(name="gpu", device="cuda")},
+    # classes, not instances: the wandb check reads the environment when a run is configured
+    "logger": {
+        "basic": LoggerConfig,
+        "tensorboard": TensorBoardLoggerConfig,
+        "wandb": WandbLoggerConfig,
+        "all": AllLoggerConfig,
+    },
+}
+
+
+def register_configs() -> None:
+    store = ConfigStore.instance()
+    store.store(name="config", node=Config)
+    for group, options in GROUPS.items():
+        for name, node in options.items():
+            store.store(group=group, name=name, node=node)

@@ -1,0 +1,153 @@
+"""The ``algorithm/`` group (keys are the optimizer's argument names) and ``scoping/``, the
+schedule of the couplings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+from omegaconf import MISSING
+
+from elastic_entropy.config._checks import _non_negative, _require
+
+
+@dataclass
+class AlgorithmConfig:
+    name: str = MISSING
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 0.0
+    # replicas per process when cluster.replicas_per_process is left unset
+    DEFAULT_REPLICAS: ClassVar[int] = 1
+
+    def __post_init__(self) -> None:
+        _non_negative("algorithm.lr", self.lr)
+        _require(
+            0.0 <= self.momentum < 1.0, "algorithm.momentum", self.momentum, "must be in [0, 1)"
+        )
+        _non_negative("algorithm.weight_decay", self.weight_decay)
+
+    def steps_per_exchange(self) -> int:
+        """Minibatches per outer step (one exchange between replicas): 1 without an inner loop."""
+        return max(1, getattr(self, "num_inner_steps", 1))
+
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        """Everything but ``name``: the keys are the optimizer's argument names."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
+
+
+@dataclass
+class _InnerLoopConfig(AlgorithmConfig):
+    inner_lr: float | None = None  # None: the same as lr
+    num_inner_steps: int = 10
+    gamma: float = 0.03
+    alpha: float = 0.75
+    noise: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.inner_lr is not None:
+            _non_negative("algorithm.inner_lr", self.inner_lr)
+        _require(
+            self.num_inner_steps >= 1,
+            "algorithm.num_inner_steps",
+            self.num_inner_steps,
+            "must be >= 1 here; use algorithm=elastic_sgd or sgd for no inner loop",
+        )
+        _non_negative("algorithm.gamma", self.gamma)
+        _require(0.0 <= self.alpha < 1.0, "algorithm.alpha", self.alpha, "must be in [0, 1)")
+        _non_negative("algorithm.noise", self.noise)
+
+
+@dataclass
+class ParleConfig(_InnerLoopConfig):
+    name: str = "parle"
+    rho: float = 1.0
+    overlap: bool = False  # all-reduce behind the next inner loop; the reference is 1 step stale
+    DEFAULT_REPLICAS: ClassVar[int] = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _non_negative("algorithm.rho", self.rho)
+
+
+@dataclass
+class EntropySGDConfig(_InnerLoopConfig):
+    name: str = "entropy_sgd"
+    lr: float = 1.0  # Entropy-SGD's outer lr absorbs 1/gamma: 1 in the papers
+    inner_lr: float | None = 0.1
+
+
+@dataclass
+class ElasticSGDConfig(AlgorithmConfig):
+    name: str = "elastic_sgd"
+    rho: float = 1.0
+    DEFAULT_REPLICAS: ClassVar[int] = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _non_negative("algorithm.rho", self.rho)
+
+
+@dataclass
+class SGDConfig(AlgorithmConfig):
+    name: str = "sgd"
+
+
+@dataclass
+class DataParallelSGDConfig(AlgorithmConfig):
+    """The baseline: every replica's gradient averaged every minibatch (batch = n x B)."""
+
+    name: str = "dp_sgd"
+    DEFAULT_REPLICAS: ClassVar[int] = 4
+
+
+@dataclass
+class DDPConfig(AlgorithmConfig):
+    """torch's DistributedDataParallel + SGD: one model per process, gradients all-reduced in
+    backward (start N processes with torchrun for N workers)."""
+
+    name: str = "ddp"
+
+
+@dataclass
+class LocalSGDConfig(AlgorithmConfig):
+    """Replicas run SGD alone and are replaced by their average every num_local_steps steps."""
+
+    name: str = "local_sgd"
+    num_local_steps: int = 10
+    DEFAULT_REPLICAS: ClassVar[int] = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            self.num_local_steps >= 1,
+            "algorithm.num_local_steps",
+            self.num_local_steps,
+            "must be >= 1 (1 averages after every step)",
+        )
+
+    def steps_per_exchange(self) -> int:
+        return self.num_local_steps
+
+
+@dataclass
+class ScopingConfig:
+    """``coupling_t = min(initial (1 + rate)^t, max)`` per outer step; ``rate: null`` is the
+    papers' ``0.5 / B`` with ``B`` outer steps per epoch."""
+
+    name: str = "exponential"
+    gamma_rate: float | None = None
+    gamma_max: float = 1.0
+    rho_rate: float | None = None
+    rho_max: float = 10.0
+
+    def __post_init__(self) -> None:
+        for key in ("gamma_rate", "rho_rate"):
+            value = getattr(self, key)
+            if value is not None:
+                _non_negative(f"scoping.{key}", value)
+        for key in ("gamma_max", "rho_max"):
+            value = getattr(self, key)
+            _require(value >= 0.0, f"scoping.{key}", value, "must be >= 0 (inf for no cap)")

@@ -1,0 +1,75 @@
+"""One registry from an algorithm's config name to its optimizer and what it needs, so that
+nothing else in the package branches on an algorithm's name."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from elastic_entropy.comm import Communicator
+from elastic_entropy.config import Config
+from elastic_entropy.optim import (
+    SGD,
+    DataParallelSGD,
+    ElasticSGD,
+    EntropySGD,
+    LocalSGD,
+    Parle,
+    SGDAfterDDP,
+    replica_param_groups,
+)
+from elastic_entropy.scoping import Schedule, papers_rate
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """An optimizer class and its needs beyond the config's keyword arguments."""
+
+    optimizer: type[Parle]
+    # the Langevin noise streams are seeded from the run's seed
+    takes_seed: bool = False
+    # the forward runs under torch's DistributedDataParallel, which averages the gradients
+    is_data_parallel_wrapped: bool = False
+
+
+ALGORITHMS: dict[str, Algorithm] = {
+    "parle": Algorithm(Parle, takes_seed=True),
+    "entropy_sgd": Algorithm(EntropySGD, takes_seed=True),
+    "elastic_sgd": Algorithm(ElasticSGD),
+    "sgd": Algorithm(SGD),
+    "dp_sgd": Algorithm(DataParallelSGD),
+    "local_sgd": Algorithm(LocalSGD),
+    "ddp": Algorithm(SGDAfterDDP, is_data_parallel_wrapped=True),
+}
+
+
+def scoped(cfg: Config, outer_steps_per_epoch: int) -> dict[str, object]:
+    """The optimizer's keyword arguments, its couplings replaced by ``scoping``'s schedules."""
+    kwargs = cfg.algorithm.optimizer_kwargs()
+    for coupling in ("gamma", "rho"):
+        if coupling not in kwargs:
+            continue
+        rate = getattr(cfg.scoping, f"{coupling}_rate")
+        cap = getattr(cfg.scoping, f"{coupling}_max")
+        initial = kwargs.pop(coupling)
+        if cap < initial:
+            raise ValueError(
+                f"scoping.{coupling}_max={cap} is below algorithm.{coupling}={initial}; "
+                f"raise scoping.{coupling}_max or lower algorithm.{coupling}"
+            )
+        rate = papers_rate(outer_steps_per_epoch) if rate is None else rate
+        kwargs[f"{coupling}_schedule"] = Schedule(initial, rate, cap)
+    return kwargs
+
+
+def build_optimizer(
+    cfg: Config, models: list[nn.Module], comm: Communicator, outer_steps_per_epoch: int
+) -> Parle:
+    """The optimizer named by ``algorithm.name`` over the replicas ``models``."""
+    algorithm = ALGORITHMS[cfg.algorithm.name]
+    kwargs = scoped(cfg, outer_steps_per_epoch)
+    if algorithm.takes_seed:
+        kwargs["seed"] = cfg.seed
+    params = replica_param_groups(m.parameters() for m in models)
+    return algorithm.optimizer(params, comm=comm, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,223 @@
+"""The checkpointer: built from a mapping of name to component, it decides when to save (every
+``checkpoint.every_outer_steps`` outer steps, at the end, when a signal asks), what to keep
+(``checkpoint.keep_last``), and restores every component when a run resumes.
+
+A component is anything with ``state_dict()`` / ``load_state_dict()`` (:class:`Stateful`): the
+optimizer, the samplers, the replicas' random streams, the communication counters, the loop's
+counters, the logger (its wandb run id). The files themselves are written and verified by
+:mod:`elastic_entropy.checkpoint` (atomic writes, a manifest of checksums).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Protocol
+
+from elastic_entropy import checkpoint
+from elastic_entropy.config import Config
+from elastic_entropy.distributed import DistInfo, barrier, broadcast_object, gather_objects
+
+log = logging.getLogger(__name__)
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class Each:
+    """A list of components as one: saved in order, restored only into as many."""
+
+    def __init__(self, items: Sequence[Stateful]) -> None:
+        self.items = items
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"items": [item.state_dict() for item in self.items]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state["items"]
+        if len(saved) != len(self.items):
+            raise ValueError(f"{len(saved)} saved for {len(self.items)} here")
+        for item, one in zip(self.items, saved):
+            item.load_state_dict(one)
+
+
+class ProcessRandomness:
+    """Python's, numpy's and torch's global generators."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return checkpoint.rng_state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        checkpoint.set_rng_state(state)
+
+
+def plain_config(cfg: Config) -> dict[str, Any]:
+    return {k: v for k, v in asdict(cfg).items() if k not in ("defaults", "hydra")}
+
+
+# keys that may change between an interrupted run and its resumption
+RESUMABLE_CHANGES = (
+    "epochs",
+    "max_steps",
+    "progress",
+    "eval_every",
+    "checkpoint",
+    "cluster.timeout_s",
+    "cluster.cuda_graphs",  # how the passes are launched, not what they compute
+    "logger",  # where metrics go, not what is trained
+)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    old, new = _flatten(saved), _flatten(current)
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        if any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES):
+            continue
+        if old.get(key) != new.get(key):
+            changes.append(f"{key}={old.get(key)!r} there, {new.get(key)!r} here")
+    return changes
+
+
+def _from_format_1(state: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint written before components owned their state, in today's layout."""
+    state = dict(state)
+    state["models"] = {
+        f"{a}.{key}": value
+        for a, saved in enumerate(state["models"])
+        for key, value in saved.items()
+    }
+    state["samplers"] = {"items": state["samplers"]}
+    state["randomness"] = {"states": state["randomness"]}
+    state["progress"] = {key: state.pop(key) for key in ("step", "wall_s", "window")}
+    state["step"] = state["progress"]["step"]
+    state["logger"] = {"wandb_run_id": state.pop("wandb_run_id", None)}
+    return state
+
+
+class Checkpointer:
+    """Saves and restores ``components`` (name to :class:`Stateful`) in the run directory."""
+
+    HEADER = ("format", "step", "rank", "world_size", "replicas_per_process", "config")
+
+    def __init__(
+        self,
+        run_dir: Path,
+        info: DistInfo,
+        components: Mapping[str, Stateful],
+        *,
+        cfg: Config,
+        replicas_per_process: int,
+        steps_per_exchange: int,
+        total_steps: int,
+    ) -> None:
+        clash = set(components) & set(self.HEADER)
+        assert not clash, f"component names {clash} are the checkpoint's own keys"
+        self.run_dir = run_dir
+        self.info = info
+        self.components = dict(components)
+        self.config = plain_config(cfg)
+        self.layout = (info.world_size, replicas_per_process)
+        self.is_resume = cfg.checkpoint.resume
+        self.keep_last = cfg.checkpoint.keep_last
+        self.every_steps = cfg.checkpoint.every_outer_steps * steps_per_exchange
+        self.total_steps = total_steps
+
+    # ------------------------------------------------------------------------------ saving
+    def should_save(self, step: int, *, is_stopping: bool = False) -> bool:
+        """The policy: every ``every_outer_steps`` outer steps, at the end, and on a signal."""
+        return is_stopping or step % self.every_steps == 0 or step == self.total_steps
+
+    def state_dict(self, step: int) -> dict[str, Any]:
+        return {
+            "format": checkpoint.FORMAT,
+            "step": step,
+            "rank": self.info.rank,
+            "world_size": self.layout[0],
+            "replicas_per_process": self.layout[1],
+            "config": self.config,
+            **{name: component.state_dict() for name, component in self.components.items()},
+        }
+
+    def save(self, step: int) -> Path:
+        """Every rank writes its file; rank 0 writes the manifest last, then prunes old ones."""
+        directory = checkpoint.step_dir(self.run_dir, step)
+        digest = checkpoint.save_rank(self.state_dict(step), directory, self.info.rank)
+        digests = gather_objects(digest, self.info)
+        if self.info.is_main:
+            checkpoint.write_manifest(
+                directory,
+                {
+                    "step": step,
+                    "world_size": self.layout[0],
+                    "replicas_per_process": self.layout[1],
+                    "sha256": digests,
+                },
+            )
+            checkpoint.prune(self.run_dir, self.keep_last)
+        barrier(self.info)
+        return directory
+
+    # ------------------------------------------------------------------------------ restoring
+    def _incompatibility(self, found: checkpoint.Found) -> str | None:
+        manifest = found.manifest
+        layout = (manifest["world_size"], manifest["replicas_per_process"])
+        if layout != self.layout:
+            return (
+                f"checkpoint {found.path} holds {layout[0] * layout[1]} replicas as {layout[0]} "
+                f"process(es) x {layout[1]}, but this run has {self.layout[0]} x "
+                f"{self.layout[1]}; resume with the same torchrun --nproc-per-node and "
+                "cluster.replicas_per_process, or choose another hydra.run.dir"
+            )
+        changes = config_changes(checkpoint.load_rank(found, 0)["config"], self.config)
+        if changes:
+            return (
+                f"checkpoint {found.path} was made with another config ({'; '.join(changes[:4])}); "
+                "resume with the same settings or choose another hydra.run.dir"
+            )
+        return None
+
+    def restore(self) -> checkpoint.Found | None:
+        """Load the run directory's newest checkpoint into every component (rank 0 chooses it
+        for all), or None for a fresh run. A checkpoint that does not fit is a CheckpointError."""
+        if not self.is_resume:
+            return None
+        found, problem = None, None
+        if self.info.is_main:
+            found = checkpoint.find_latest(self.run_dir)
+            problem = self._incompatibility(found) if found is not None else None
+        found, problem = broadcast_object((found, problem), self.info)
+        if problem is not None:
+            raise checkpoint.CheckpointError(problem)
+        if found is None:
+            return None
+        state = checkpoint.load_rank(found, self.info.rank)
+        if state["format"] == 1:
+            state = _from_format_1(state)
+        for name, component in self.components.items():
+            try:
+                component.load_state_dict(state[name])
+            except (RuntimeError, ValueError, KeyError) as error:
+                raise checkpoint.CheckpointError(
+                    f"checkpoint {found.path} does not fit this run (its {name}: "
+                    f"{str(error).splitlines()[0]}); choose another hydra.run.dir"
+                ) from error
+        if self.info.is_main:
+            for reason in found.skipped:
+                log.warning("skipped checkpoint %s", reason)
+        return found

@@ -1,0 +1,100 @@
+"""The replicas' training passes: forward, loss and backward of every replica of a process on its
+own minibatch, eagerly (here) or from one CUDA graph (:mod:`.graphs`).
+
+Replica ``a`` of a process draws its dropout masks from a random stream of its own (keyed by its
+global index), so that a replica's randomness does not depend on its neighbours or the layout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+
+
+def forward_backward(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+    """One replica's training pass: backward of its cross-entropy; ``[loss, accuracy]``."""
+    out = model(x)
+    loss = nn.functional.cross_entropy(out, y)
+    loss.backward()
+    return torch.stack([loss.detach(), (out.detach().argmax(dim=1) == y).float().mean()])
+
+
+def has_dropout(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
+
+
+class ReplicaRandomness:
+    """Per-replica state of torch's default generator (dropout masks), swapped in around each
+    replica's forward so that a replica's randomness does not depend on its neighbours."""
+
+    def __init__(self, seeds: list[int], device: torch.device, enabled: bool) -> None:
+        self.enabled = enabled
+        self.device = device
+        self.states: list[tuple[Tensor, Tensor | None]] = []
+        if not enabled:
+            return
+        with torch.random.fork_rng(devices=self._cuda_devices()):
+            for seed in seeds:
+                torch.manual_seed(seed)
+                self.states.append(self._get())
+
+    def _cuda_devices(self) -> list[int]:
+        return [self.device.index or 0] if self.device.type == "cuda" else []
+
+    def _get(self) -> tuple[Tensor, Tensor | None]:
+        cuda = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        return torch.get_rng_state(), cuda
+
+    def _set(self, state: tuple[Tensor, Tensor | None]) -> None:
+        torch.set_rng_state(state[0])
+        if state[1] is not None:
+            torch.cuda.set_rng_state(state[1], self.device)
+
+    def state_dict(self) -> dict[str, list[list[Tensor | None]]]:
+        return {"states": [list(state) for state in self.states]}
+
+    def load_state_dict(self, state: dict[str, list[list[Tensor | None]]]) -> None:
+        states = state["states"]
+        if len(states) != len(self.states):
+            raise ValueError("replica randomness saved for another number of replicas")
+        self.states = [(cpu, cuda) for cpu, cuda in states]
+
+    @contextlib.contextmanager
+    def use(self, replica: int) -> Iterator[None]:
+        if not self.enabled:
+            yield
+            return
+        saved = self._get()
+        self._set(self.states[replica])
+        try:
+            yield
+        finally:
+            self.states[replica] = self._get()
+            self._set(saved)
+
+
+class PlainPasses:
+    """Every replica's pass, one after another, on fresh minibatch tensors."""
+
+    def __init__(
+        self,
+        models: list[nn.Module],
+        x_train: Tensor,
+        y_train: Tensor,
+        randomness: ReplicaRandomness,
+    ) -> None:
+        self.models = models  # what the forward runs: the replicas, or DDP around them
+        self.x_train, self.y_train = x_train, y_train
+        self.randomness = randomness
+
+    def __call__(self, indices: list[Tensor]) -> Tensor:
+        """``[2, replicas]``: each replica's minibatch loss and accuracy."""
+        stats = []
+        for a, model in enumerate(self.models):
+            x, y = self.x_train[indices[a]], self.y_train[indices[a]]
+            with self.randomness.use(a):  # dropout masks are drawn in forward; backward none
+                stats.append(forward_backward(model, x, y))
+        return torch.stack(stats, dim=1)

@@ -1,0 +1,137 @@
+"""What a finished run leaves: ``results.json``, ``reference.pt``, the plots, the table printed at
+the end; and ``config.yaml`` / ``overrides.yaml`` of a fresh run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from elastic_entropy.training.checkpointer import plain_config
+from elastic_entropy.training.evaluation import final_evaluation
+from elastic_entropy.training.metrics import dp_bytes
+from elastic_entropy.training.run import Run
+
+log = logging.getLogger(__name__)
+
+
+def save_config(run: Run) -> None:
+    """``config.yaml`` (resolved, with the layout) and ``overrides.yaml`` of a fresh run."""
+    resolved = OmegaConf.create(plain_config(run.cfg))
+    resolved.replicas_per_process = run.replicas_per_process
+    resolved.processes = run.info.world_size
+    OmegaConf.save(resolved, run.run_dir / "config.yaml")
+    OmegaConf.save(OmegaConf.create(list(run.overrides)), run.run_dir / "overrides.yaml")
+
+
+def logged_config(run: Run) -> dict[str, Any]:
+    """The config as the sinks (wandb) record it, with the layout."""
+    return {
+        **plain_config(run.cfg),
+        "processes": run.info.world_size,
+        "replicas_per_process": run.replicas_per_process,
+        "num_replicas": run.optimizer.num_replicas,
+    }
+
+
+def finish(run: Run, wall_s: float) -> dict[str, Any]:
+    """Final evaluation of the reference and of every replica after ``wall_s`` seconds of
+    training; results written on rank 0."""
+    reference, replicas = final_evaluation(run)
+    plan, stats = run.plan, run.comm.stats
+    result = {
+        "algorithm": run.cfg.algorithm.name,
+        "model": run.cfg.model.name,
+        "data": run.cfg.data.name,
+        "num_replicas": run.optimizer.num_replicas,
+        "processes": run.info.world_size,
+        "replicas_per_process": run.replicas_per_process,
+        "steps_per_replica": plan.total_steps,
+        "epochs": plan.total_steps / plan.steps_per_epoch,
+        "wall_s": wall_s,
+        "cuda_graphs": run.graphed is not None and run.graphed.is_active,
+        "reference": {
+            "test_acc": reference["test"]["acc"],
+            "test_loss": reference["test"]["loss"],
+            "train_acc": reference["train"]["acc"],
+            "train_loss": reference["train"]["loss"],
+            **({"val_acc": reference["val"]["acc"]} if "val" in reference else {}),
+        },
+        "replicas": [{"replica": a, "test_acc": acc} for a, acc in replicas],
+        "communication": {
+            "collectives": stats.num_collectives,
+            "bytes_per_replica": stats.bytes_per_replica,
+            "dp_sgd_bytes_per_replica": dp_bytes(run, plan.total_steps),
+        },
+        "run_dir": str(run.run_dir),
+    }
+    if run.info.is_main:
+        torch.save(run.reference_model.state_dict(), run.run_dir / "reference.pt")
+        _write_json(run.run_dir / "results.json", result)
+        run.metrics.summary(_summary(result))
+        if run.cfg.logger.plots:
+            _plot(run.run_dir)
+    return result
+
+
+def _summary(result: dict[str, Any]) -> dict[str, float]:
+    ref, comm = result["reference"], result["communication"]
+    return {
+        **{f"final/reference_{k}": v for k, v in ref.items()},
+        **{f"final/replica_{r['replica']}_test_acc": r["test_acc"] for r in result["replicas"]},
+        "final/bytes_per_replica": comm["bytes_per_replica"],
+        "final/dp_sgd_bytes_per_replica": comm["dp_sgd_bytes_per_replica"],
+        "final/wall_s": result["wall_s"],
+    }
+
+
+def _plot(run_dir: Path) -> None:
+    """PNGs from metrics.jsonl; a finished run is never failed by its pictures."""
+    from elastic_entropy.report import plot_run
+
+    try:
+        plot_run(run_dir)
+    except Exception as error:
+        log.warning(
+            "plots were not drawn (%s); `elastic-entropy report %s` retries", error, run_dir
+        )
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _mb(n: float) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    ref, comm = result["reference"], result["communication"]
+    ratio = comm["bytes_per_replica"] / max(comm["dp_sgd_bytes_per_replica"], 1)
+    lines = [
+        f"{result['algorithm']} on {result['data']} ({result['model']}): "
+        f"{result['num_replicas']} replicas = {result['processes']} process(es) x "
+        f"{result['replicas_per_process']}, {result['steps_per_replica']} steps per replica "
+        f"({result['epochs']:.1f} epochs) in {result['wall_s']:.1f} s",
+        "",
+        f"  {'model':<14}{'test acc':>10}",
+        f"  {'reference':<14}{ref['test_acc']:>10.4f}   (train acc {ref['train_acc']:.4f})",
+    ]
+    lines += [
+        f"  {'replica ' + str(r['replica']):<14}{r['test_acc']:>10.4f}" for r in result["replicas"]
+    ]
+    lines += [
+        "",
+        f"  communicated per replica: {_mb(comm['bytes_per_replica'])} in {comm['collectives']} "
+        f"all-reduces; data-parallel SGD would send {_mb(comm['dp_sgd_bytes_per_replica'])} "
+        f"(ratio {ratio:.3f})",
+        f"  run directory: {result['run_dir']}",
+    ]
+    return "\n".join(lines)

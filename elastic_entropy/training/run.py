@@ -1,0 +1,262 @@
+"""The run: everything built once from the config (immutable afterwards), its plan, and the
+loop's counters, the one small object that changes as it trains.
+
+Replica ``a`` of process ``rank`` is the global replica ``rank * replicas_per_process + a``; its
+data order, dropout masks and Langevin noise come from streams keyed by that index, so a job
+gives the same reference in any layout.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from elastic_entropy.comm import Communicator, make_communicator, wrap_data_parallel
+from elastic_entropy.config import Config
+from elastic_entropy.data import DataSplits, ReplicaSampler, load_dataset
+from elastic_entropy.distributed import DistInfo, broadcast_object, seed_everything
+from elastic_entropy.loggers import RunLogger
+from elastic_entropy.models import build_model
+from elastic_entropy.optim import Parle
+from elastic_entropy.training.algorithms import ALGORITHMS, build_optimizer
+from elastic_entropy.training.checkpointer import Checkpointer, Each, ProcessRandomness
+from elastic_entropy.training.graphs import GraphedPasses, graphed_passes
+from elastic_entropy.training.passes import PlainPasses, ReplicaRandomness, has_dropout
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How long the run is, in minibatches per replica, and how often it exchanges."""
+
+    steps_per_epoch: int
+    total_steps: int
+    eval_interval: int
+    steps_per_exchange: int  # minibatches per outer step
+    outer_steps_per_epoch: int
+    gradient_bytes: int = 0  # one replica's gradient: what data-parallel SGD sends per step
+
+
+def make_plan(cfg: Config, num_train: int) -> Plan:
+    steps_per_epoch = max(1, num_train // cfg.data.batch_size)
+    period = cfg.algorithm.steps_per_exchange()
+    wanted = cfg.max_steps if cfg.max_steps is not None else math.ceil(cfg.epochs * steps_per_epoch)
+    # end on an outer-step boundary, where the live parameters are the anchors
+    total = math.ceil(wanted / period) * period
+    return Plan(
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total,
+        eval_interval=max(1, round(cfg.eval_every * steps_per_epoch)),
+        steps_per_exchange=period,
+        outer_steps_per_epoch=max(1, steps_per_epoch // period),
+    )
+
+
+@dataclass
+class Counters:
+    """Where the loop is: the minibatches done, the training time, and the replicas' losses and
+    accuracies (``[2, replicas]`` per minibatch) since the last metrics record."""
+
+    device: torch.device
+    step: int = 0
+    window: list[Tensor] = field(default_factory=list)
+    wall_s_before: float = 0.0  # training time of earlier attempts
+    _started: float = field(default_factory=time.perf_counter)
+
+    def start_clock(self) -> None:
+        self._started = time.perf_counter() - self.wall_s_before
+
+    @property
+    def wall_s(self) -> float:
+        """Training time so far, earlier attempts included."""
+        return time.perf_counter() - self._started
+
+    def state_dict(self) -> dict[str, object]:
+        return {
+            "step": self.step,
+            "wall_s": self.wall_s,
+            "window": [t.cpu() for t in self.window],
+        }
+
+    def load_state_dict(self, state: dict[str, object]) -> None:
+        self.step = int(state["step"])  # type: ignore[call-overload]
+        self.wall_s_before = float(state["wall_s"])  # type: ignore[arg-type]
+        self.window = [t.to(self.device) for t in state["window"]]  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class Run:
+    cfg: Config
+    info: DistInfo
+    run_dir: Path
+    data: DataSplits
+    models: list[nn.Module]
+    reference_model: nn.Module
+    optimizer: Parle
+    comm: Communicator
+    samplers: list[ReplicaSampler]
+    randomness: ReplicaRandomness
+    plan: Plan
+    metrics: RunLogger
+    counters: Counters
+    # the replicas' forward+backward: one after another, or from a CUDA graph
+    passes: PlainPasses
+    checkpointer: Checkpointer
+    graphed: GraphedPasses | None = None  # cluster.cuda_graphs, when taken
+    overrides: tuple[str, ...] = ()  # the command line, as Hydra parsed it
+
+    @property
+    def replicas_per_process(self) -> int:
+        return len(self.models)
+
+
+def check_run_dir(run_dir: Path) -> str | None:
+    """Why ``run_dir`` cannot take this run, or None."""
+    if (run_dir / "results.json").exists():
+        return (
+            f"run directory {run_dir} already holds a finished run (results.json); "
+            "choose another hydra.run.dir"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        return (
+            f"cannot write to the run directory {run_dir} ({error.strerror}); "
+            "choose a writable hydra.run.dir"
+        )
+    return None
+
+
+def prepare_run_dir(run_dir: Path, info: DistInfo) -> Path:
+    """Rank 0 decides and checks the run directory; every rank gets its path or its error."""
+    problem = check_run_dir(run_dir) if info.is_main else None
+    run_dir_name, problem = broadcast_object((str(run_dir), problem), info)
+    if problem is not None:
+        raise ValueError(problem)
+    return Path(run_dir_name)
+
+
+def _set_determinism(cfg: Config) -> None:
+    seed_everything(cfg.seed)
+    if cfg.deterministic:
+        # cuBLAS needs a fixed workspace to be deterministic; harmless on CPUs
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+
+
+def _replicas(cfg: Config, data: DataSplits, device: torch.device) -> list[nn.Module]:
+    """The replicas of this process from one initialisation (the same seed on every rank)."""
+    first = build_model(
+        cfg.model.name, data.input_shape, data.num_classes, **cfg.model.model_kwargs()
+    )
+    first.to(device)
+    return [first] + [copy.deepcopy(first) for _ in range(cfg.replicas_per_process - 1)]
+
+
+def _samplers(cfg: Config, num_train: int, offset: int, num_replicas: int) -> list[ReplicaSampler]:
+    return [
+        ReplicaSampler(
+            num_train,
+            cfg.data.batch_size,
+            replica=offset + a,
+            num_replicas=num_replicas,
+            policy=cfg.data.policy,
+            seed=cfg.seed,
+        )
+        for a in range(cfg.replicas_per_process)
+    ]
+
+
+def build_run(
+    cfg: Config, info: DistInfo, run_dir: Path, overrides: tuple[str, ...] = ()
+) -> Run:
+    _set_determinism(cfg)
+    replicas = cfg.replicas_per_process
+    data = load_dataset(
+        cfg.data.name,
+        cfg.data.root,
+        cfg.data.seed,
+        cfg.data.validation_fraction,
+        cfg.data.train_fraction,
+    ).to(info.device)
+    plan = make_plan(cfg, len(data.y_train))
+    models = _replicas(cfg, data, info.device)
+    reference_model = copy.deepcopy(models[0])
+    comm = make_communicator(
+        info, replicas, cfg.cluster.processes_per_node, cfg.cluster.inter_node_period
+    )
+    optimizer = build_optimizer(cfg, models, comm, plan.outer_steps_per_epoch)
+    first = next(models[0].parameters())
+    plan = replace(plan, gradient_bytes=optimizer.num_params_per_replica * first.element_size())
+    offset = comm.replica_offset
+    randomness = ReplicaRandomness(
+        [cfg.seed * 1_000_003 + 17 + offset + a for a in range(replicas)],
+        info.device,
+        has_dropout(models[0]),
+    )
+    forward_models = models
+    is_wrapped = ALGORITHMS[cfg.algorithm.name].is_data_parallel_wrapped
+    if is_wrapped:
+        # after the optimizer has moved the parameters into its flat buffer: DDP keeps hooks on
+        # the same parameter objects, and its averaged gradients land in the optimizer's views
+        forward_models = [wrap_data_parallel(models[0], info, comm.stats)]
+    batch = cfg.data.batch_size
+    graphed = graphed_passes(
+        cfg.cluster.cuda_graphs,
+        models,
+        data.x_train,
+        data.y_train,
+        batch,
+        has_hooks=randomness.enabled or is_wrapped,
+    )
+    samplers = _samplers(cfg, len(data.y_train), offset, replicas * info.world_size)
+    metrics = RunLogger(cfg.logger, run_dir, info.is_main)
+    counters = Counters(info.device)
+    # what must survive a restart, each saving and restoring its own state
+    components = {
+        "models": nn.ModuleList(models),
+        "optimizer": optimizer,
+        "samplers": Each(samplers),
+        "randomness": randomness,
+        "rng": ProcessRandomness(),
+        "comm": comm.stats,
+        "progress": counters,
+        "logger": metrics,
+    }
+    checkpointer = Checkpointer(
+        run_dir,
+        info,
+        components,
+        cfg=cfg,
+        replicas_per_process=replicas,
+        steps_per_exchange=plan.steps_per_exchange,
+        total_steps=plan.total_steps,
+    )
+    return Run(
+        cfg=cfg,
+        info=info,
+        run_dir=run_dir,
+        data=data,
+        models=models,
+        reference_model=reference_model,
+        optimizer=optimizer,
+        comm=comm,
+        samplers=samplers,
+        randomness=randomness,
+        plan=plan,
+        metrics=metrics,
+        counters=counters,
+        passes=PlainPasses(forward_models, data.x_train, data.y_train, randomness),
+        checkpointer=checkpointer,
+        graphed=graphed,
+        overrides=overrides,
+    )
