@@ -85,6 +85,58 @@ class MetricsLogger:
             self._file = None
 
 
+class PipeSafeStream:
+    """``sys.stdout`` / ``sys.stderr`` that outlive their reader (``elastic-entropy ... | head``).
+
+    Python ignores SIGPIPE, so a write into a pipe whose reader has gone raises BrokenPipeError,
+    from the progress bar, a log line or the final table, wherever it happens to be: it would
+    end a run that has nothing wrong with it. On the first one the stream's descriptor is pointed
+    at os.devnull (the pattern of Python's signal docs), and the run goes on and writes its run
+    directory; what the reader no longer wanted is dropped.
+    """
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._to_devnull()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._to_devnull()
+
+    def _to_devnull(self) -> None:
+        try:
+            fd = self._stream.fileno()
+        except (OSError, ValueError):  # not a file: write to devnull from now on
+            self._stream = open(os.devnull, "w", encoding="utf-8")
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, fd)  # C-level writes (torch's warnings) go there too
+        os.close(devnull)
+        try:  # what is still buffered goes to devnull now
+            self._stream.flush()
+        except OSError:
+            pass
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def guard_broken_pipes() -> None:
+    """Make this process's stdout and stderr :class:`PipeSafeStream` (once)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, PipeSafeStream):
+            setattr(sys, name, PipeSafeStream(stream))
+
+
 class Progress:
     """A tqdm bar over minibatches on rank 0 (stderr), showing the key numbers."""
 

@@ -17,10 +17,14 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, OverrideType
+from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from elastic_entropy.config import GROUPS, Config, register_configs
+from elastic_entropy.config.keys import describe, unknown_keys
 from elastic_entropy.training.preemption import EXIT_USAGE, exit_for
 
 
@@ -48,7 +52,7 @@ def _app(cfg: DictConfig) -> None:
         config = _to_config(cfg)
         hydra_config = HydraConfig.get()
         train(config, Path(hydra_config.runtime.output_dir), tuple(hydra_config.overrides.task))
-    except Exception as error:
+    except (Exception, KeyboardInterrupt) as error:  # Ctrl-C: one line and 130, too
         ending = exit_for(error)
         # user mistakes get one line and exit code 2; ELASTIC_ENTROPY_DEBUG=1 shows the traceback
         if ending is None or (ending[0] == EXIT_USAGE and os.environ.get("ELASTIC_ENTROPY_DEBUG")):
@@ -108,9 +112,9 @@ def _one_line(error: BaseException) -> str:
     return "; ".join(dict.fromkeys(lines)) or type(error).__name__
 
 
-def _check_run_dir_override(overrides: list[str]) -> None:
-    chosen = [o.split("=", 1)[1] for o in overrides if o.startswith("hydra.run.dir=")]
-    target = Path(chosen[-1]) if chosen else Path.cwd() / "outputs"
+def _check_run_dir_override(chosen: str | None) -> None:
+    """``chosen``: hydra.run.dir's value as Hydra parses it (quotes removed), None if not set."""
+    target = Path(chosen) if chosen is not None else Path.cwd() / "outputs"
     existing = target
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
@@ -121,11 +125,70 @@ def _check_run_dir_override(overrides: list[str]) -> None:
         )
 
 
+def _grammar_error(raw: str, error: Exception) -> str:
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    key, equals, value = raw.partition("=")
+    if not equals:
+        return f"cannot parse {raw!r} ({reason}); an override is KEY=VALUE, e.g. algorithm.lr=0.05"
+    # Hydra reads a quoted value verbatim; the outer quotes keep the shell from eating the inner
+    inner, outer = ("'", '"') if '"' in value else ('"', "'")
+    return (
+        f"cannot parse the override {raw} ({reason}); quote its value for Hydra, e.g. "
+        f"{outer}{key}={inner}{value}{inner}{outer} (the outer quotes are for the shell)"
+    )
+
+
+def _parse_overrides(args: list[str]) -> list[Override]:
+    """Every override, hydra.* included, through Hydra's own grammar: an error is one line."""
+    parser = OverridesParser.create()
+    parsed = []
+    for raw in args:
+        try:
+            parsed.append(parser.parse_override(raw))
+        except Exception as error:  # HydraException, OverrideParseException: the lexer's words
+            _fail(_grammar_error(raw, error))
+    return parsed
+
+
+def _is_key(override: Override) -> bool:
+    """A plain ``key=value`` of a config value (not a group's option, an addition, a deletion)."""
+    name = override.key_or_group
+    return override.type == OverrideType.CHANGE and name not in GROUPS and "/" not in name
+
+
+def _compose(overrides: list[str], parsed: list[Override]) -> DictConfig:
+    """The composed config; a ``key=value`` whose key nothing takes is named with the nearest
+    valid key, the same line as for ``+key=value`` (which Hydra accepts into the schema)."""
+    from hydra import compose
+
+    try:
+        cfg = compose("config", overrides=overrides)
+    except ConfigCompositionException as error:
+        if not str(error).startswith("Could not override"):
+            raise
+        # add what Hydra refused as ++ would, so that the walk over the schema finds it
+        forced = [f"++{raw}" if _is_key(o) else raw for raw, o in zip(overrides, parsed)]
+        try:
+            unknown = unknown_keys(compose("config", overrides=forced))
+        except Exception:
+            raise error from None  # not an unknown key after all: Hydra's own words
+        if not unknown:
+            raise
+        _fail(describe(unknown[0]))
+    unknown = unknown_keys(cfg)
+    if unknown:
+        _fail(describe(unknown[0]))
+    return cfg
+
+
 def _precheck(argv: list[str]) -> None:
     """Compose and validate the config before Hydra runs, so that a mistake is one line."""
     if any(arg in _HYDRA_FLAGS or arg.startswith("--") for arg in argv[1:]):
         return
-    overrides = [arg for arg in argv[1:] if not arg.startswith(("hydra.", "hydra/", "-"))]
+    args = [arg for arg in argv[1:] if not arg.startswith("-")]
+    parsed = _parse_overrides(args)
+    kept = [(raw, o) for raw, o in zip(args, parsed) if not raw.startswith(("hydra.", "hydra/"))]
+    overrides = [raw for raw, _ in kept]
     for override in overrides:
         group, _, option = override.lstrip("+~").partition("=")
         if group in GROUPS and option not in GROUPS[group]:
@@ -133,25 +196,34 @@ def _precheck(argv: list[str]) -> None:
                 f"unknown {group} {option!r}; choose one of {', '.join(sorted(GROUPS[group]))} "
                 f"(e.g. {group}={next(iter(GROUPS[group]))})"
             )
-    from hydra import compose, initialize
+    from hydra import initialize
 
     try:
         with initialize(version_base="1.3", config_path=None):
-            _to_config(compose("config", overrides=overrides))
+            config = _to_config(_compose(overrides, [o for _, o in kept]))
+        from elastic_entropy import footprint  # imports torch: only for a config that is valid
+
+        footprint.check_config(config)
     except Exception as error:  # Hydra's parse and composition errors, our ValueErrors
         if os.environ.get("ELASTIC_ENTROPY_DEBUG"):
             raise
         _fail(_one_line(error))
     if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
-        _check_run_dir_override([arg for arg in argv[1:] if arg.startswith("hydra.run.dir=")])
+        run_dirs = [o for o in parsed if o.key_or_group == "hydra.run.dir" and not o.is_delete()]
+        _check_run_dir_override(str(run_dirs[-1].value()) if run_dirs else None)
 
 
 def main() -> None:
+    from elastic_entropy.loggers import guard_broken_pipes
+    from elastic_entropy.training.preemption import exit_on_signals
+
+    guard_broken_pipes()  # `elastic-entropy ... | head`: the run still finishes, quietly
     if len(sys.argv) > 1 and sys.argv[1] == "report":
         # `elastic-entropy report RUN_DIR...`: not a training run, so Hydra never sees it
         from elastic_entropy.report import main as report
 
         sys.exit(report(sys.argv[2:]))
+    exit_on_signals()  # until training starts, a stop signal ends the process in one line
     register_configs()
     _precheck(sys.argv)
     sys.argv = _with_overrides(sys.argv, _rank_overrides())

@@ -101,6 +101,14 @@ class Communicator(Protocol):
         """Mean over the replicas whose ``valid`` flag is set, and every replica's flag."""
         ...
 
+    def broadcast(self, buf: torch.Tensor) -> None:
+        """Overwrite ``buf`` (``[replicas_per_process, N]``) with the first process's, in place.
+
+        For a common start, as DDP gives one: not counted in :attr:`stats`, which count what the
+        algorithm sends. Rows of one process are left as they are (they are the caller's).
+        """
+        ...
+
 
 class Done:
     """A result that is already there, behind the same ``wait()`` as a collective in flight."""
@@ -160,6 +168,10 @@ class LocalCommunicator:
             self.stats.record(buf, extra_elements=self.replicas_per_process)
         packed = pack_masked(buf, valid, 0, self.replicas_per_process)
         return Done(unpack_masked(packed, self.replicas_per_process))
+
+    def broadcast(self, buf: torch.Tensor) -> None:
+        # this process is the first: its replicas start as the caller built them
+        check_stacked(buf, self.replicas_per_process)
 
     def __repr__(self) -> str:
         return f"LocalCommunicator(replicas_per_process={self.replicas_per_process})"

@@ -3,6 +3,8 @@ hierarchical."""
 
 from __future__ import annotations
 
+import atexit
+import gc
 import time
 from collections.abc import Callable
 from typing import Generic, TypeVar
@@ -20,6 +22,13 @@ from elastic_entropy.comm.base import (
 )
 
 R = TypeVar("R")
+
+
+def _collect_before_finalisation() -> None:
+    # gloo objects (work handles, the pairs of a destroyed group) that only reference cycles
+    # reach are otherwise freed during interpreter finalisation, where gloo's destructors abort
+    # the process ("terminate called without an active exception"); atexit runs before it
+    gc.collect()
 
 
 def _timed_wait(work: dist.Work, stats: CommStats) -> None:
@@ -86,6 +95,39 @@ class DistributedCommunicator:
         self.world_size = dist.get_world_size(group)
         self.rank = dist.get_rank(group)
         self.stats = CommStats()
+        self._check_same_layout()
+        atexit.unregister(_collect_before_finalisation)  # once per process, however many comms
+        atexit.register(_collect_before_finalisation)
+
+    def _small_tensor(self, values: list[int]) -> torch.Tensor:
+        """A tensor for a small collective of the run's own, where the backend can send it."""
+        is_nccl = dist.get_backend(self.group) == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if is_nccl else None
+        return torch.tensor(values, dtype=torch.int64, device=device)
+
+    def _check_same_layout(self) -> None:
+        """Every rank holds as many replicas: the means divide by ``world_size x`` this count and
+        the flags sit at ``rank x`` this count, so one rank that differs corrupts every mean. One
+        small all-gather at construction, not counted in :attr:`stats` (not the algorithm's)."""
+        if self.world_size == 1:
+            return
+        mine = self._small_tensor([self.replicas_per_process])
+        counts = [torch.empty_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(counts, mine, group=self.group)
+        per_rank = [int(c.item()) for c in counts]
+        if len(set(per_rank)) > 1:
+            named = ", ".join(f"rank {r}: {n}" for r, n in enumerate(per_rank))
+            raise ValueError(
+                f"replicas_per_process differs across ranks ({named}); build every process's "
+                "communicator with the same replicas_per_process"
+            )
+
+    def broadcast(self, buf: torch.Tensor) -> None:
+        check_stacked(buf, self.replicas_per_process)
+        if self.world_size > 1:
+            # the group's rank 0, in global numbering as broadcast wants it
+            source = 0 if self.group is None else dist.get_global_rank(self.group, 0)
+            dist.broadcast(buf, src=source, group=self.group)
 
     @property
     def num_replicas(self) -> int:

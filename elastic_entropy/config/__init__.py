@@ -19,7 +19,12 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-from elastic_entropy.config._checks import _non_negative, _require
+from elastic_entropy.config._checks import (
+    _non_negative,
+    _require,
+    _seed,
+    check_numbers,
+)
 from elastic_entropy.config.algorithm import (
     AlgorithmConfig,
     DataParallelSGDConfig,
@@ -143,10 +148,14 @@ class Config:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        # the groups have checked their own keys by now; this walk catches what no rule names
+        # (inf, nan, 1e300) before the plan turns it into an OverflowError or a hang
+        check_numbers(self)
         _require(self.epochs > 0, "epochs", self.epochs, "must be > 0")
         if self.max_steps is not None:
             _require(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
         _require(self.eval_every > 0, "eval_every", self.eval_every, "must be > 0")
+        _seed("seed", self.seed)
         if self.algorithm.name == "ddp":
             _require(
                 self.cluster.replicas_per_process in (None, 1),

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 from omegaconf import MISSING
 
 from elastic_entropy.config._checks import _non_negative, _require
+from elastic_entropy.defaults import NUM_INNER_STEPS
 
 
 @dataclass
@@ -40,7 +41,7 @@ class AlgorithmConfig:
 @dataclass
 class _InnerLoopConfig(AlgorithmConfig):
     inner_lr: float | None = None  # None: the same as lr
-    num_inner_steps: int = 10
+    num_inner_steps: int = NUM_INNER_STEPS
     gamma: float = 0.03
     alpha: float = 0.75
     noise: float = 0.0
@@ -142,6 +143,7 @@ class ScopingConfig:
     gamma_max: float = 1.0
     rho_rate: float | None = None
     rho_max: float = 10.0
+    UNBOUNDED: ClassVar[tuple[str, ...]] = ("gamma_max", "rho_max")  # inf: no cap
 
     def __post_init__(self) -> None:
         for key in ("gamma_rate", "rho_rate"):

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from elastic_entropy.config._checks import _require
+from elastic_entropy.config._checks import _positive, _require
+
+# replicas live in one process one after another: past this many, the buffers outgrow most
+# machines long before the first step, and torchrun spreads them better over processes
+MAX_REPLICAS_PER_PROCESS = 1024
 
 
 @dataclass
@@ -24,10 +28,11 @@ class ClusterConfig:
     def __post_init__(self) -> None:
         if self.replicas_per_process is not None:
             _require(
-                self.replicas_per_process >= 1,
+                1 <= self.replicas_per_process <= MAX_REPLICAS_PER_PROCESS,
                 "cluster.replicas_per_process",
                 self.replicas_per_process,
-                "must be >= 1",
+                f"must be in [1, {MAX_REPLICAS_PER_PROCESS}]; for more replicas start more "
+                "processes with torchrun --nproc-per-node",
             )
         _require(
             self.backend in ("auto", "gloo", "nccl"),
@@ -41,7 +46,8 @@ class ClusterConfig:
             self.device,
             "choose auto, cpu or cuda",
         )
-        _require(self.timeout_s > 0, "cluster.timeout_s", self.timeout_s, "must be > 0")
+        # finite: torch's process groups take a timedelta, which inf overflows
+        _positive("cluster.timeout_s", self.timeout_s, "must be a finite number of seconds > 0")
         if self.processes_per_node is not None:
             _require(
                 self.processes_per_node >= 1,
@@ -74,7 +80,8 @@ class CheckpointConfig:
     every_outer_steps: int = 25  # also at the end, and on SIGTERM / SIGUSR1
     keep_last: int = 3
     resume: bool = True  # resume from the run directory's newest checkpoint when there is one
-    on_signal: bool = True  # SIGTERM / SIGUSR1: write a checkpoint, then exit 75
+    # SIGTERM / SIGUSR1 / SIGINT: write a checkpoint at the next outer step, then exit 75 (130)
+    on_signal: bool = True
 
     def __post_init__(self) -> None:
         _require(

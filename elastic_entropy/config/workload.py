@@ -7,7 +7,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
-from elastic_entropy.config._checks import _require
+from elastic_entropy.config._checks import _require, _seed
 
 
 @dataclass
@@ -76,6 +76,7 @@ class DataConfig:
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be >= 1")
+        _seed("data.seed", self.seed)
         _require(
             0.0 < self.train_fraction <= 1.0,
             "data.train_fraction",

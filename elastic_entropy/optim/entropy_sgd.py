@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor
 
 from elastic_entropy.comm.base import Communicator
+from elastic_entropy.defaults import NUM_INNER_STEPS
 from elastic_entropy.optim.parle import Parle
 from elastic_entropy.scoping import Schedule
 
@@ -33,7 +34,7 @@ class EntropySGD(Parle):
         inner_lr: float | None = None,
         momentum: float = 0.9,
         nesterov: bool = True,
-        num_inner_steps: int = 20,
+        num_inner_steps: int = NUM_INNER_STEPS,
         gamma: float = 0.03,
         alpha: float = 0.75,
         noise: float = 0.0,

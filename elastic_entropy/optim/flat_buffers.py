@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from elastic_entropy.comm.base import Communicator
 
 StorageKey = tuple[torch.device, torch.dtype]
 
@@ -250,6 +253,16 @@ class FlatBuffers:
         """Set every replica's live parameters to ``flat`` (``N``-long, one per storage)."""
         for key, storage in self.storages.items():
             storage.live.copy_(flat[key].expand_as(storage.live))
+
+    @torch.no_grad()
+    def broadcast_live(self, comm: Communicator) -> None:
+        """Every process's replicas start from the first process's (parameters, anchor, average),
+        as DDP starts its workers: replicas seeded differently would otherwise be averaged."""
+        for storage in self.storages.values():
+            comm.broadcast(storage.live)
+            for name in ("anchor", "ema"):
+                if name in storage.state:
+                    storage.state[name].copy_(storage.live)
 
     def reset_rows(self, rows: list[int], references: dict[StorageKey, Tensor]) -> None:
         """Restart replicas ``rows`` from ``references``: parameters, anchor and average set to

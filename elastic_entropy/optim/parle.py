@@ -10,16 +10,17 @@ from torch import Tensor
 from torch.optim import Optimizer
 
 from elastic_entropy.comm.base import Communicator
+from elastic_entropy.defaults import NUM_INNER_STEPS
 from elastic_entropy.optim import checks
 from elastic_entropy.optim import functional as F
 from elastic_entropy.optim.consensus import Consensus, DivergedError, Means, checked_communicator
+from elastic_entropy.optim.diagnostics import DIAGNOSTICS, measure
 from elastic_entropy.optim.flat_buffers import FlatBuffers, group_replicas, replica_param_groups
+from elastic_entropy.optim.inner_lr import follow_lr
 from elastic_entropy.scoping import Schedule
 
 __all__ = ["DIAGNOSTICS", "DivergedError", "Parle", "replica_param_groups"]
 
-# what pop_diagnostics() reports per replica, besides the couplings it was measured with
-DIAGNOSTICS = ("distance", "elastic_force", "prox_force", "entropy_grad")
 # each replica's state, without and with an inner loop
 _STATE_NAMES = {
     False: ("outer_momentum",),
@@ -67,6 +68,13 @@ class Parle(Optimizer):
     :meth:`zero_grad` zeroes that buffer in place. Variants without an inner loop (local SGD,
     data-parallel SGD) override one hook, :meth:`exchange`.
 
+    ``same_init=True`` (the default) makes every process start from the first process's replicas,
+    as DDP does (one broadcast when the optimizer is built, collective on every process); the
+    replicas of one process are left as given: load one ``state_dict`` into them. ``False`` lets
+    the processes' replicas start where each was built. An explicit ``inner_lr`` follows ``lr``:
+    when an LR scheduler moves ``lr``, the next :meth:`step` scales ``group["inner_lr"]`` by as
+    much (see :mod:`~elastic_entropy.optim.inner_lr`).
+
     Example::
 
         opt = Parle(model.parameters(), lr=0.1, num_inner_steps=10, gamma=0.03, rho=1.0)
@@ -82,7 +90,7 @@ class Parle(Optimizer):
         inner_lr: float | None = None,
         momentum: float = 0.9,
         nesterov: bool = True,
-        num_inner_steps: int = 25,
+        num_inner_steps: int = NUM_INNER_STEPS,
         gamma: float = 0.03,
         rho: float = 1.0,
         alpha: float = 0.75,
@@ -93,6 +101,7 @@ class Parle(Optimizer):
         comm: Communicator | None = None,
         seed: int | None = None,
         overlap: bool = False,
+        same_init: bool = True,
     ) -> None:
         checks.check_steps_and_couplings(num_inner_steps, gamma, rho)
         defaults = {
@@ -106,6 +115,7 @@ class Parle(Optimizer):
             "replica": 0,
         }
         super().__init__(params, defaults)
+        follow_lr(self.param_groups)  # remember each explicit inner_lr against its lr
         self.num_inner_steps = num_inner_steps
         is_noisy = any(g["noise"] > 0.0 for g in self.param_groups)
         checks.check_noise(num_inner_steps, is_noisy)
@@ -120,6 +130,8 @@ class Parle(Optimizer):
         self._diagnostics: dict[str, Any] | None = None
         self._couplings: dict[str, float] | None = None  # those of the last step() (couplings)
         self.buffers = FlatBuffers(self.param_groups, replicas, _STATE_NAMES[num_inner_steps > 0])
+        if same_init:
+            self.buffers.broadcast_live(self.comm)
         self.buffers.link_state(self.state)
         if is_noisy:
             self.buffers.add_generators(seed, self.comm.replica_offset)
@@ -194,6 +206,7 @@ class Parle(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        follow_lr(self.param_groups)  # an LR scheduler may have moved lr since the last step
         self.buffers.gather_grads()
         if self.num_inner_steps == 0:
             self.consensus.quarantine(self.exchange(), self.num_steps + 1)
@@ -285,7 +298,8 @@ class Parle(Optimizer):
         were (:class:`DivergedError` if none); requested diagnostics are measured against it."""
         means, valid_global = self.consensus.average(name, self.num_steps + 1)
         if self._should_diagnose:
-            self._measure(means, gamma=gamma, rho=rho)
+            self._should_diagnose = False
+            self._diagnostics = measure(self.buffers, means, gamma=gamma, rho=rho)
         return means, valid_global
 
     def elastic_update(self, means: Means | None = None, rho: float = 0.0) -> None:
@@ -333,22 +347,6 @@ class Parle(Optimizer):
         """
         diagnostics, self._diagnostics = self._diagnostics, None
         return diagnostics
-
-    def _measure(self, means: Means, *, gamma: float, rho: float) -> None:
-        """Norms for :meth:`pop_diagnostics`, taken before the step moves the anchors."""
-        self._should_diagnose = False
-        x = self.buffers.anchor_name
-        has_inner_loop = x == "anchor"
-        z = "ema" if has_inner_loop else x
-        distance = self.buffers.row_distance(z, means)
-        zeros = torch.zeros_like(distance)  # no inner loop: no proximal pull, no entropy
-        measured = (
-            distance,
-            rho * self.buffers.row_distance(x, means),
-            gamma * self.buffers.row_distance("live", x) if has_inner_loop else zeros,
-            gamma * self.buffers.row_distance(x, "ema") if has_inner_loop else zeros,
-        )
-        self._diagnostics = {"gamma": gamma, "rho": rho, **dict(zip(DIAGNOSTICS, measured))}
 
     # ------------------------------------------------------------------ the reference
     @torch.no_grad()

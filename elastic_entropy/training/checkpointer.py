@@ -169,7 +169,7 @@ class Checkpointer:
                     "sha256": digests,
                 },
             )
-            checkpoint.prune(self.run_dir, self.keep_last)
+            checkpoint.prune(self.run_dir, self.keep_last, directory)
         barrier(self.info)
         return directory
 
@@ -177,17 +177,23 @@ class Checkpointer:
     def _incompatibility(self, found: checkpoint.Found) -> str | None:
         manifest = found.manifest
         layout = (manifest["world_size"], manifest["replicas_per_process"])
+        # the config first: a layout that differs is often a default that came with a changed
+        # key (algorithm=sgd has 1 replica per process, parle 4), and that key is the user's
+        changes = config_changes(checkpoint.load_rank(found, 0)["config"], self.config)
+        # a group's option before the keys that came with it
+        changes.sort(key=lambda change: not change.split("=", 1)[0].endswith(".name"))
+        made = f"was made with another config ({'; '.join(changes[:4])})" if changes else ""
         if layout != self.layout:
             return (
-                f"checkpoint {found.path} holds {layout[0] * layout[1]} replicas as {layout[0]} "
-                f"process(es) x {layout[1]}, but this run has {self.layout[0]} x "
-                f"{self.layout[1]}; resume with the same torchrun --nproc-per-node and "
-                "cluster.replicas_per_process, or choose another hydra.run.dir"
+                f"checkpoint {found.path} {made}{': it ' if made else ''}holds "
+                f"{layout[0] * layout[1]} replicas as {layout[0]} process(es) x {layout[1]}, but "
+                f"this run has {self.layout[0]} x {self.layout[1]}; resume with the same settings, "
+                "torchrun --nproc-per-node and cluster.replicas_per_process, or choose another "
+                "hydra.run.dir"
             )
-        changes = config_changes(checkpoint.load_rank(found, 0)["config"], self.config)
         if changes:
             return (
-                f"checkpoint {found.path} was made with another config ({'; '.join(changes[:4])}); "
+                f"checkpoint {found.path} {made}; "
                 "resume with the same settings or choose another hydra.run.dir"
             )
         return None
@@ -201,12 +207,15 @@ class Checkpointer:
         if self.info.is_main:
             found = checkpoint.find_latest(self.run_dir)
             problem = self._incompatibility(found) if found is not None else None
-        found, problem = broadcast_object((found, problem), self.info)
+        # the others read their own file: rank 0's state stays here
+        chosen, problem = broadcast_object(
+            (found.without_state() if found is not None else None, problem), self.info
+        )
         if problem is not None:
             raise checkpoint.CheckpointError(problem)
-        if found is None:
+        if chosen is None:
             return None
-        state = checkpoint.load_rank(found, self.info.rank)
+        state = checkpoint.load_rank(found if found is not None else chosen, self.info.rank)
         if state["format"] == 1:
             state = _from_format_1(state)
         for name, component in self.components.items():
@@ -214,10 +223,14 @@ class Checkpointer:
                 component.load_state_dict(state[name])
             except (RuntimeError, ValueError, KeyError) as error:
                 raise checkpoint.CheckpointError(
-                    f"checkpoint {found.path} does not fit this run (its {name}: "
+                    f"checkpoint {chosen.path} does not fit this run (its {name}: "
                     f"{str(error).splitlines()[0]}); choose another hydra.run.dir"
                 ) from error
-        if self.info.is_main:
-            for reason in found.skipped:
-                log.warning("skipped checkpoint %s", reason)
-        return found
+        if self.info.is_main and chosen.skipped:
+            # one line for all of them, so that a fallback is seen and not mistaken for a resume
+            log.warning(
+                "skipped checkpoint %s; resuming from %s",
+                "; ".join(chosen.skipped),
+                chosen.path.name,
+            )
+        return chosen

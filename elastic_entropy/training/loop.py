@@ -15,31 +15,40 @@ from elastic_entropy.distributed import any_rank, as_peer_lost, init_distributed
 from elastic_entropy.loggers import Progress
 from elastic_entropy.training.evaluation import eval_metrics
 from elastic_entropy.training.metrics import SHOWN, base_metrics, log_quarantine, train_metrics
-from elastic_entropy.training.preemption import EXIT_PREEMPTED, Preempted, StopSignals
+from elastic_entropy.training.preemption import EXIT_INTERRUPTED, Preempted, StopSignals
 from elastic_entropy.training.results import finish, format_table, logged_config, save_config
 from elastic_entropy.training.run import Run, build_run, prepare_run_dir
 
 
 def train(cfg: Config, run_dir: Path, overrides: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Set up the processes, train, evaluate, write the run directory, tear down."""
-    info = init_distributed(cfg.cluster.backend, cfg.cluster.device, cfg.cluster.timeout_s)
-    try:
-        run = build_run(cfg, info, prepare_run_dir(run_dir, info), overrides)
+    """Set up the processes, train, evaluate, write the run directory, tear down.
+
+    The stop signals are caught from the start: one that arrives while the run is built is
+    answered at the first outer step, like one during training; after the last step the
+    results are finished.
+    """
+    with StopSignals(cfg.checkpoint.on_signal) as stop:
+        info = init_distributed(cfg.cluster.backend, cfg.cluster.device, cfg.cluster.timeout_s)
+        lock = None
         try:
-            with StopSignals(cfg.checkpoint.on_signal) as stop:
-                wall_s = fit(run, stop)
-            result = finish(run, wall_s)
+            run_dir, lock = prepare_run_dir(run_dir, info)
+            run = build_run(cfg, info, run_dir, overrides)
+            try:
+                result = finish(run, fit(run, stop))
+            finally:
+                run.metrics.close()
+            if info.is_main:
+                print(format_table(result), flush=True)
+        except BaseException as error:
+            teardown(info, is_clean=False)
+            lost = as_peer_lost(error, info, cfg.cluster.timeout_s)
+            if lost is not None:
+                raise lost from error
+            raise
         finally:
-            run.metrics.close()
-        if info.is_main:
-            print(format_table(result), flush=True)
-    except BaseException as error:
-        teardown(info, is_clean=False)
-        lost = as_peer_lost(error, info, cfg.cluster.timeout_s)
-        if lost is not None:
-            raise lost from error
-        raise
-    teardown(info)
+            if lock is not None:
+                lock.release()  # the run directory is free for the next attempt
+        teardown(info)
     return result
 
 
@@ -76,12 +85,13 @@ def fit(run: Run, stop: StopSignals) -> float:
                 run.checkpointer.save(step)
             if is_stopping:
                 progress.close()
-                run.metrics.exit_code = EXIT_PREEMPTED
+                run.metrics.exit_code = stop.exit_code
                 run.metrics.is_preempted = True
-                raise Preempted(f"stopped by signal at step {step}; checkpoint written")
-    except BaseException:
-        if run.metrics.exit_code == 0:
-            run.metrics.exit_code = 1  # wandb marks the run failed
+                why = f"stopped by {stop.describe()} at step {step}; checkpoint written"
+                raise Preempted(why, stop.exit_code)
+    except BaseException as error:
+        if run.metrics.exit_code == 0:  # wandb marks the run failed (or interrupted)
+            run.metrics.exit_code = EXIT_INTERRUPTED if isinstance(error, KeyboardInterrupt) else 1
         raise
     progress.close()
     return counters.wall_s

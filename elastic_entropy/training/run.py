@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from elastic_entropy import footprint
 from elastic_entropy.comm import Communicator, make_communicator, wrap_data_parallel
 from elastic_entropy.config import Config
 from elastic_entropy.data import DataSplits, ReplicaSampler, load_dataset
@@ -29,6 +30,7 @@ from elastic_entropy.training.algorithms import ALGORITHMS, build_optimizer
 from elastic_entropy.training.checkpointer import Checkpointer, Each, ProcessRandomness
 from elastic_entropy.training.graphs import GraphedPasses, graphed_passes
 from elastic_entropy.training.passes import PlainPasses, ReplicaRandomness, has_dropout
+from elastic_entropy.training.run_lock import RunDirBusy, RunLock
 
 
 @dataclass(frozen=True)
@@ -116,33 +118,46 @@ class Run:
         return len(self.models)
 
 
-def check_run_dir(run_dir: Path) -> str | None:
-    """Why ``run_dir`` cannot take this run, or None."""
+def check_run_dir(run_dir: Path) -> RunLock | str:
+    """Rank 0's claim on ``run_dir``: its lock, taken before anything is written there, or why
+    it cannot take this run."""
+    finished = (
+        f"run directory {run_dir} already holds a finished run (results.json); "
+        "choose another hydra.run.dir"
+    )
     if (run_dir / "results.json").exists():
-        return (
-            f"run directory {run_dir} already holds a finished run (results.json); "
-            "choose another hydra.run.dir"
-        )
+        return finished
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        lock = RunLock.acquire(run_dir)
+    except RunDirBusy as busy:
+        return (
+            f"run directory {run_dir} is in use by another run ({busy.holder}); wait for it to "
+            "end, or choose another hydra.run.dir"
+        )
     except OSError as error:
         return (
             f"cannot write to the run directory {run_dir} ({error.strerror}); "
             "choose a writable hydra.run.dir"
         )
-    return None
+    if (run_dir / "results.json").exists():  # a run that finished while we looked
+        lock.release()
+        return finished
+    return lock
 
 
-def prepare_run_dir(run_dir: Path, info: DistInfo) -> Path:
-    """Rank 0 decides and checks the run directory; every rank gets its path or its error."""
-    problem = check_run_dir(run_dir) if info.is_main else None
+def prepare_run_dir(run_dir: Path, info: DistInfo) -> tuple[Path, RunLock | None]:
+    """Rank 0 decides, checks and locks the run directory; every rank gets its path or its
+    error. The caller holds the lock (rank 0's; None elsewhere) until the run ends."""
+    claim = check_run_dir(run_dir) if info.is_main else None
+    lock = claim if isinstance(claim, RunLock) else None
+    problem = claim if isinstance(claim, str) else None
     run_dir_name, problem = broadcast_object((str(run_dir), problem), info)
     if problem is not None:
+        if lock is not None:
+            lock.release()
         raise ValueError(problem)
-    return Path(run_dir_name)
+    return Path(run_dir_name), lock
 
 
 def _set_determinism(cfg: Config) -> None:
@@ -157,6 +172,14 @@ def _replicas(cfg: Config, data: DataSplits, device: torch.device) -> list[nn.Mo
     """The replicas of this process from one initialisation (the same seed on every rank)."""
     first = build_model(
         cfg.model.name, data.input_shape, data.num_classes, **cfg.model.model_kwargs()
+    )
+    # before the copies: a layout that cannot fit stops in one line, not in the OOM killer
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
+    footprint.check_fits(
+        sum(p.numel() for p in first.parameters()),
+        cfg.replicas_per_process,
+        footprint.available_bytes(device),
+        processes,
     )
     first.to(device)
     return [first] + [copy.deepcopy(first) for _ in range(cfg.replicas_per_process - 1)]

@@ -262,6 +262,104 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
         "holds 2 replicas as 1 process(es) x 2, but this run has 1 x 3",
         _interrupted_with("cluster.replicas_per_process=3"),
     ),
+    # a layout that changed with a default (sgd: 1 replica a process) names the key first
+    (
+        "checkpoint of another algorithm",
+        ["algorithm=sgd"],
+        "was made with another config (algorithm.name='parle' there, 'sgd' here",
+        _interrupted_with("cluster.replicas_per_process=null"),
+    ),
+    # keys that no component takes, added with + or typed plainly, at any depth
+    (
+        "added key with a typo",
+        ["+algorithm.lrr=0.5"],
+        "unknown key algorithm.lrr (Key 'lrr' not in 'ParleConfig'); did you mean algorithm.lr?",
+        _none,
+    ),
+    (
+        "plain key with a typo",
+        ["algorithm.lrr=0.5"],
+        "unknown key algorithm.lrr (Key 'lrr' not in 'ParleConfig'); did you mean algorithm.lr?",
+        _none,
+    ),
+    (
+        "added top-level key",
+        ["+foo=1"],
+        "unknown key foo (Key 'foo' not in 'Config'); the keys at the top level are algorithm, ",
+        _none,
+    ),
+    (
+        "added nested key with a typo",
+        ["+logger.wandb.projetc=x"],
+        "unknown key logger.wandb.projetc (Key 'projetc' not in 'WandbConfig'); "
+        "did you mean logger.wandb.project?",
+        _none,
+    ),
+    (
+        "key of another group",
+        ["+batch_size=32"],
+        "unknown key batch_size (Key 'batch_size' not in 'Config'); did you mean data.batch_size?",
+        _none,
+    ),
+    (
+        "key of another algorithm",
+        ["algorithm=sgd", "algorithm.gamma=0.1"],
+        "unknown key algorithm.gamma (Key 'gamma' not in 'SGDConfig'); the keys of algorithm are "
+        "lr, momentum, nesterov, weight_decay",
+        _none,
+    ),
+    # numbers no rule of a key names: one walk over every field
+    ("infinite epochs", ["epochs=inf"], "Invalid epochs: inf (must be a finite number", _none),
+    ("nan epochs", ["epochs=nan"], "Invalid epochs: nan (must be a finite number", _none),
+    ("infinite eval_every", ["eval_every=inf"], "Invalid eval_every: inf (must be a finite", _none),
+    (
+        "infinite timeout",
+        ["cluster.timeout_s=inf"],
+        "Invalid cluster.timeout_s: inf (must be a finite number of seconds > 0)",
+        _none,
+    ),
+    ("nan lr", ["algorithm.lr=nan"], "Invalid algorithm.lr: nan (must be finite and >= 0)", _none),
+    ("nan coupling cap", ["scoping.rho_max=nan"], "Invalid scoping.rho_max: nan", _none),
+    (
+        "absurd max_steps",
+        ["max_steps=100000000000000000000"],
+        "Invalid max_steps: 100000000000000000000 (must be a finite number of at most 2**53",
+        _none,
+    ),
+    ("negative seed", ["seed=-1"], "Invalid seed: -1 (must be in [0, 2**32))", _none),
+    ("data seed past 2**32", ["data.seed=4294967296"], "Invalid data.seed: 4294967296", _none),
+    (
+        "ten thousand replicas",
+        ["cluster.replicas_per_process=10000"],
+        "Invalid cluster.replicas_per_process: 10000 (must be in [1, 1024]; for more replicas "
+        "start more processes with torchrun",
+        _none,
+    ),
+    (
+        "replicas beyond the memory",
+        ["model=mlp", "model.hidden=[100000,100000]"],
+        "2 replicas of 10,005,200,010 parameters need about 596.4 GiB, but",
+        _none,
+    ),
+    # Hydra's grammar, hydra.* overrides included
+    (
+        "unquoted non-ASCII run directory",
+        [],
+        """quote its value for Hydra, e.g. 'hydra.run.dir="/""",
+        lambda tmp, interrupted: [f"hydra.run.dir={tmp}/ünï"],
+    ),
+    (
+        "override without a value",
+        ["epochs"],
+        "cannot parse 'epochs' (missing EQUAL at '<EOF>'); an override is KEY=VALUE",
+        _none,
+    ),
+    (
+        "unclosed list",
+        ["model.hidden=[1,"],
+        "cannot parse the override model.hidden=[1, (",
+        _none,
+    ),
 ]
 BASE = [
     "max_steps=40",
@@ -317,3 +415,13 @@ def test_bad_input(
     after = _snapshot(tmp_path)
     assert {k: v for k, v in after.items() if k in before} == before  # nothing overwritten or lost
     assert not any(k.endswith(("results.json", "reference.pt")) for k in set(after) - set(before))
+
+
+def test_a_quoted_non_ascii_run_directory_is_the_one_used(tmp_path: Path) -> None:
+    """The fix the grammar error proposes works: Hydra takes the quoted value verbatim, and the
+    precheck looks for a writable parent of that value (not of the quoted text)."""
+    run = tmp_path / "ünï run"
+    done = run_cli([*BASE, SMALL, f'hydra.run.dir="{run}"'], tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (run / "results.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [run.name]  # no folder named '"…'

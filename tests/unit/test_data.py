@@ -10,7 +10,18 @@ import numpy as np
 import pytest
 import torch
 
-from elastic_entropy.data import DataNotFoundError, ReplicaSampler, load_dataset
+from elastic_entropy.data import DataFileError, DataNotFoundError, ReplicaSampler, load_dataset
+from elastic_entropy.readers import UnsafePickleError
+from tests.fake_data import (
+    DAMAGES,
+    IMAGES,
+    IS_ROOT,
+    NUM_TEST,
+    Damage,
+    mnist_arrays,
+    write_cifar,
+    write_mnist,
+)
 
 
 def test_mnist1d_is_generated_locally() -> None:
@@ -109,3 +120,40 @@ def test_sampler_state_round_trip_and_too_small_shards() -> None:
     assert all(torch.equal(s.next(), t.next()) for _ in range(20))
     with pytest.raises(ValueError, match=r"fewer than data\.batch_size=64"):
         ReplicaSampler(100, 64, replica=0, num_replicas=4, policy="shard")
+
+
+@pytest.mark.parametrize("damage", DAMAGES, ids=[f"{d.data}: {d.name}" for d in DAMAGES])
+def test_a_damaged_file_is_named_with_what_is_wrong(tmp_path: Path, damage: Damage) -> None:
+    if damage.is_permissions and IS_ROOT:
+        pytest.skip("root reads a chmod 000 file")
+    path = damage.build(tmp_path)
+    with pytest.raises(DataFileError) as caught:
+        load_dataset(damage.data, root=tmp_path)
+    message = str(caught.value)
+    assert caught.value.path == path and message.startswith(f"{path} "), message
+    assert damage.message in message and "\n" not in message, message
+    fixes = ("re-download MNIST", "re-extract cifar-10-python.tar.gz", "rename it", "gunzip it")
+    assert any(fix in message for fix in fixes), message  # and how to fix it
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_raw_and_gzipped_folders_read_the_same(tmp_path: Path, gz: bool) -> None:
+    write_mnist(tmp_path, gz=gz)
+    data = load_dataset("mnist", root=tmp_path)
+    images = mnist_arrays("train")[IMAGES]
+    expected = (images.astype(np.float32) / 255.0 - 0.1307) / 0.3081
+    assert torch.equal(data.x_train[:, 0], torch.from_numpy(expected))
+    assert data.y_train.dtype == torch.long and len(data.y_test) == NUM_TEST
+
+
+def test_a_foreign_pickle_is_a_data_file_error_and_still_an_unpickling_error(
+    tmp_path: Path,
+) -> None:
+    folder = write_cifar(tmp_path)
+    (folder / "data_batch_2").write_bytes(pickle.dumps({b"data": Path("x")}))
+    with pytest.raises(UnsafePickleError) as caught:
+        load_dataset("cifar10", root=tmp_path)
+    # the CLI's one line (a ValueError) and the unpickler's old contract, both
+    assert isinstance(caught.value, ValueError) and isinstance(caught.value, DataFileError)
+    assert isinstance(caught.value, pickle.UnpicklingError)
+    assert caught.value.path == folder / "data_batch_2"
