@@ -97,8 +97,16 @@ class Communicator(Protocol):
         """The mean over all replicas, an ``N``-long tensor."""
         ...
 
-    def masked_mean_async(self, buf: torch.Tensor, valid: torch.Tensor) -> PendingMasked:
-        """Mean over the replicas whose ``valid`` flag is set, and every replica's flag."""
+    def masked_mean_async(
+        self, buf: torch.Tensor, valid: torch.Tensor, *, is_outer_mean: bool = True
+    ) -> PendingMasked:
+        """Mean over the replicas whose ``valid`` flag is set, and every replica's flag.
+
+        ``is_outer_mean``: an outer step's mean, counted in ``stats.num_outer_means`` (the phase
+        of a coarser inter-node period). ``False``: a mean of the reference (quarantine,
+        :meth:`Parle.reference`), over the whole job and leaving that phase alone, so that a
+        call only some steps make cannot shift one node's schedule against another's.
+        """
         ...
 
     def broadcast(self, buf: torch.Tensor) -> None:
@@ -161,9 +169,11 @@ class LocalCommunicator:
         # sum then divide, the same arithmetic as the all-reduce across processes
         return buf.sum(dim=0).div_(self.replicas_per_process)
 
-    def masked_mean_async(self, buf: torch.Tensor, valid: torch.Tensor) -> PendingMasked:
+    def masked_mean_async(
+        self, buf: torch.Tensor, valid: torch.Tensor, *, is_outer_mean: bool = True
+    ) -> PendingMasked:
         check_stacked(buf, self.replicas_per_process)
-        self.stats.num_outer_means += 1
+        self.stats.num_outer_means += int(is_outer_mean)
         if self.replicas_per_process > 1:
             self.stats.record(buf, extra_elements=self.replicas_per_process)
         packed = pack_masked(buf, valid, 0, self.replicas_per_process)

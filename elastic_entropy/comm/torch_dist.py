@@ -156,10 +156,12 @@ class DistributedCommunicator:
     def mean(self, buf: torch.Tensor) -> torch.Tensor:
         return self.mean_async(buf).wait()
 
-    def masked_mean_async(self, buf: torch.Tensor, valid: torch.Tensor) -> PendingMasked:
+    def masked_mean_async(
+        self, buf: torch.Tensor, valid: torch.Tensor, *, is_outer_mean: bool = True
+    ) -> PendingMasked:
         check_stacked(buf, self.replicas_per_process)
         packed = pack_masked(buf, valid, self.replica_offset, self.num_replicas)
-        self.stats.num_outer_means += 1
+        self.stats.num_outer_means += int(is_outer_mean)
         if self.num_replicas > 1:
             self.stats.record(buf, extra_elements=self.num_replicas)
         work = None
@@ -230,26 +232,34 @@ class HierarchicalCommunicator(DistributedCommunicator):
         self.stats.record(buf)
         return self._start(buf.sum(dim=0), True, self._divide)
 
-    def masked_mean_async(self, buf: torch.Tensor, valid: torch.Tensor) -> PendingMasked:
+    def masked_mean_async(
+        self, buf: torch.Tensor, valid: torch.Tensor, *, is_outer_mean: bool = True
+    ) -> PendingMasked:
         check_stacked(buf, self.replicas_per_process)
         packed = pack_masked(buf, valid, self.replica_offset, self.num_replicas)
         self.stats.record(buf, extra_elements=self.num_replicas)
+        if not is_outer_mean:
+            # a reference's mean spans the job, as mean() does, and leaves the period's phase
+            return self._start(packed, True, self._unpack)
         # counted in the stats, which checkpoints restore: the period keeps its phase on resume
         across = self.stats.num_outer_means % self.inter_node_period == 0
         self.stats.num_outer_means += 1
-        if across:
+        if across or self.num_nodes == 1:
             return self._start(packed, True, self._unpack)
-        per_node = self.processes_per_node * self.replicas_per_process
-        first = self.node * per_node
+        return self._start(packed, False, self._node_only)
 
-        def node_only(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-            mean, flags = self._unpack(p)
-            # replicas of other nodes took no part: not diverged, just not asked
-            others = torch.ones_like(flags)
-            others[first : first + per_node] = flags[first : first + per_node]
-            return mean, others
-
-        return self._start(packed, False, node_only)
+    def _node_only(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The node's mean, with the flags of every node: each process must know whether any
+        replica of the job diverged, since the quarantine that follows is a collective of the
+        whole job. The flags alone cross nodes (``num_replicas`` numbers, one more collective);
+        the other nodes' slots hold zeros after the node's all-reduce, so their sum is exact."""
+        mean, _ = self._unpack(packed)
+        flags = packed[-self.num_replicas :].clone()
+        self.stats.record(flags[None])
+        started = time.perf_counter()
+        dist.all_reduce(flags, op=dist.ReduceOp.SUM, group=self.peer_group)
+        self.stats.wait_s += time.perf_counter() - started
+        return mean, flags > 0.5
 
     def __repr__(self) -> str:
         return (

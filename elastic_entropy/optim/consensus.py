@@ -49,15 +49,25 @@ class Consensus:
         self._valid_local = torch.ones(comm.replicas_per_process, dtype=torch.bool)
 
     # ------------------------------------------------------------------ collectives
-    def mean(self, name: str) -> Means:
-        """Mean over all replicas of a flat buffer, one collective per storage."""
-        pending = {key: self.comm.mean_async(buf) for key, buf in self.buffers.flat(name).items()}
-        return {key: work.wait() for key, work in pending.items()}
+    def reference(self) -> Means:
+        """The mean of the anchors over the replicas of the job where they are finite, one
+        collective per storage that every process runs (:class:`DivergedError` if none is).
 
-    def prepare_sync(self, name: str, valid: Tensor) -> Pending:
+        Masked: a replica that diverged in the last outer step, not yet reset, would otherwise
+        make the reference NaN."""
+        anchor = self.buffers.anchor_name
+        means, valid_global = self._reference_mean(anchor, self.buffers.finite_rows(anchor))
+        if not bool(valid_global.any()):
+            raise DivergedError(
+                f"all {self.comm.num_replicas} replica(s) have non-finite anchors: there is no "
+                "reference; lower the learning rates (lr, inner_lr) or the couplings"
+            )
+        return means
+
+    def prepare_sync(self, name: str, valid: Tensor, *, is_outer_mean: bool = True) -> Pending:
         """Start the mean over the valid replicas of the job (one collective per storage)."""
         return {
-            key: self.comm.masked_mean_async(buf, valid.to(buf.device))
+            key: self.comm.masked_mean_async(buf, valid.to(buf.device), is_outer_mean=is_outer_mean)
             for key, buf in self.buffers.flat(name).items()
         }
 
@@ -72,12 +82,32 @@ class Consensus:
         """Mean over the valid replicas of the job, and which replicas of the job were valid."""
         return self.perform_sync(self.prepare_sync(name, valid))
 
+    def _reference_mean(self, name: str, valid: Tensor) -> tuple[Means, Tensor]:
+        """A job-wide masked mean that is no outer step's: it leaves a period's phase alone."""
+        return self.perform_sync(self.prepare_sync(name, valid, is_outer_mean=False))
+
     def _stale_masked_mean(self, name: str, valid: Tensor) -> tuple[Means, Tensor]:
         """Launch this outer step's mean and use the previous one's, so that the all-reduce runs
-        behind the next inner loop (the first outer step waits for its own)."""
+        behind the next inner loop (the first outer step waits for its own).
+
+        The flags returned are this step's, not the stale mean's: a replica that diverged since
+        that mean was launched must be reset now, and one reset at the last step must not be
+        flagged again. Across processes they cost one small blocking collective per outer step
+        (``num_replicas`` numbers); the launched mean already leaves out this step's
+        non-finite rows (``valid``)."""
         launched = self.prepare_sync(name, valid)
         previous, self.in_flight = self.in_flight, launched
-        return self.perform_sync(previous if previous is not None else launched)
+        means, _ = self.perform_sync(previous if previous is not None else launched)
+        if self.comm.num_replicas == self.comm.replicas_per_process:
+            return means, valid.cpu()  # every replica is here: nothing to ask
+        return means, self._agree_validity(name, valid, is_outer_mean=False)
+
+    def _agree_validity(self, name: str, valid: Tensor, *, is_outer_mean: bool) -> Tensor:
+        """Which replicas of the job are valid, from each process's ``valid``: the flags alone,
+        ``num_replicas`` numbers in one small collective."""
+        empty = next(iter(self.buffers.flat(name).values()))[:, :0]
+        pending = self.comm.masked_mean_async(empty, valid, is_outer_mean=is_outer_mean)
+        return pending.wait()[1].cpu()
 
     # ------------------------------------------------------------------ the exchange of a step
     def average(self, name: str, step: int) -> tuple[Means, Tensor]:
@@ -98,8 +128,7 @@ class Consensus:
         numbers in one small collective, for replicas that are not coupled this step."""
         valid = self.buffers.finite_rows(name)
         if self.comm.num_replicas > 1:
-            empty = next(iter(self.buffers.flat(name).values()))[:, :0]
-            valid_global = self.comm.masked_mean_async(empty, valid).wait()[1].cpu()
+            valid_global = self._agree_validity(name, valid, is_outer_mean=True)
         else:
             valid_global = valid.cpu()
         self._require_some_valid(valid_global, step)
@@ -123,7 +152,8 @@ class Consensus:
             return
         anchor = self.buffers.anchor_name
         valid = self.buffers.finite_rows(anchor) & self._valid_local
-        references, _ = self.masked_mean(anchor, valid)
+        # every process runs it (the flags are the job's), and no outer step's phase moves
+        references, _ = self._reference_mean(anchor, valid)
         self.buffers.reset_rows((~self._valid_local).nonzero().flatten().tolist(), references)
         for replica in (~valid_global).nonzero().flatten().tolist():
             self.quarantine_events.append({"step": step, "replica": replica})

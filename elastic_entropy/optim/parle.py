@@ -351,12 +351,12 @@ class Parle(Optimizer):
     # ------------------------------------------------------------------ the reference
     @torch.no_grad()
     def reference(self) -> list[Tensor]:
-        """``xbar = mean_a x^a``, one tensor per parameter of replica 0, in order.
+        """``xbar = mean_a x^a`` over the finite anchors, one tensor per parameter of replica 0.
 
         A collective: every process must call it at the same point. Mid outer step the anchors
         are still the last outer step's, so the reference is well defined at any call.
         """
-        return self.buffers.unflatten(self.consensus.mean(self.buffers.anchor_name))
+        return self.buffers.unflatten(self.consensus.reference())
 
     @torch.no_grad()
     def anchors(self, replica: int) -> list[Tensor]:
