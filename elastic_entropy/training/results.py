@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
+from elastic_entropy import checkpoint
 from elastic_entropy.training.checkpointer import plain_config
 from elastic_entropy.training.evaluation import final_evaluation
 from elastic_entropy.training.metrics import dp_bytes
@@ -103,9 +103,8 @@ def _plot(run_dir: Path) -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    # the checkpoints' atomic write: all of it or nothing, and a full disk in one line
+    checkpoint.write_bytes_atomic(path, (json.dumps(data, indent=2) + "\n").encode())
 
 
 def _mb(n: float) -> str:
