@@ -53,6 +53,16 @@ class PendingMasked(Protocol):
     def wait(self) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+def tree_sum(rows: torch.Tensor) -> torch.Tensor:
+    """The sum over the first axis, halves first: ``(a + b) + (c + d)``, the order in which an
+    all-reduce across two processes of two rows each adds them, so that a job gives the same
+    bits as 1 x 4 or 2 x 2 (and 1 x 2 or 2 x 1) processes x replicas."""
+    if rows.shape[0] <= 1:  # none left (every replica diverged): a sum of nothing
+        return rows[0].clone() if len(rows) else rows.new_zeros(rows.shape[1:])
+    half = (rows.shape[0] + 1) // 2
+    return tree_sum(rows[:half]).add_(tree_sum(rows[half:]))
+
+
 def pack_masked(
     buf: torch.Tensor, valid: torch.Tensor, offset: int, num_replicas: int
 ) -> torch.Tensor:
@@ -61,7 +71,7 @@ def pack_masked(
     Invalid rows (non-finite parameters) are left out of the sum rather than multiplied by zero,
     since NaN * 0 is NaN. The flags tell every process which replicas of the job were kept.
     """
-    total = buf.sum(dim=0) if bool(valid.all()) else buf[valid].sum(dim=0)
+    total = tree_sum(buf if bool(valid.all()) else buf[valid])
     flags = torch.zeros(num_replicas, dtype=buf.dtype, device=buf.device)
     flags[offset : offset + buf.shape[0]] = valid.to(buf.dtype)
     return torch.cat([total, flags])
@@ -167,7 +177,7 @@ class LocalCommunicator:
             return buf[0].clone()
         self.stats.record(buf)
         # sum then divide, the same arithmetic as the all-reduce across processes
-        return buf.sum(dim=0).div_(self.replicas_per_process)
+        return tree_sum(buf).div_(self.replicas_per_process)
 
     def masked_mean_async(
         self, buf: torch.Tensor, valid: torch.Tensor, *, is_outer_mean: bool = True

@@ -18,6 +18,7 @@ from elastic_entropy.comm.base import (
     PendingMasked,
     check_stacked,
     pack_masked,
+    tree_sum,
     unpack_masked,
 )
 
@@ -145,7 +146,7 @@ class DistributedCommunicator:
 
     def mean_async(self, buf: torch.Tensor) -> Pending:
         check_stacked(buf, self.replicas_per_process)
-        total = buf.sum(dim=0)
+        total = tree_sum(buf)
         work = None
         if self.num_replicas > 1:
             self.stats.record(buf)
@@ -230,7 +231,7 @@ class HierarchicalCommunicator(DistributedCommunicator):
     def mean_async(self, buf: torch.Tensor) -> Pending:
         check_stacked(buf, self.replicas_per_process)
         self.stats.record(buf)
-        return self._start(buf.sum(dim=0), True, self._divide)
+        return self._start(tree_sum(buf), True, self._divide)
 
     def masked_mean_async(
         self, buf: torch.Tensor, valid: torch.Tensor, *, is_outer_mean: bool = True

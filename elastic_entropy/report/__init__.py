@@ -53,7 +53,6 @@ __all__ = [
 ]
 
 
-
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         # one line, like the app's own errors, not argparse's usage block

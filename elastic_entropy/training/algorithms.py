@@ -31,6 +31,8 @@ class Algorithm:
     takes_seed: bool = False
     # the forward runs under torch's DistributedDataParallel, which averages the gradients
     is_data_parallel_wrapped: bool = False
+    # every replica takes the same steps: a replica added on an elastic resume copies replica 0
+    replicas_are_copies: bool = False
 
 
 ALGORITHMS: dict[str, Algorithm] = {
@@ -38,9 +40,9 @@ ALGORITHMS: dict[str, Algorithm] = {
     "entropy_sgd": Algorithm(EntropySGD, takes_seed=True),
     "elastic_sgd": Algorithm(ElasticSGD),
     "sgd": Algorithm(SGD),
-    "dp_sgd": Algorithm(DataParallelSGD),
+    "dp_sgd": Algorithm(DataParallelSGD, replicas_are_copies=True),
     "local_sgd": Algorithm(LocalSGD),
-    "ddp": Algorithm(SGDAfterDDP, is_data_parallel_wrapped=True),
+    "ddp": Algorithm(SGDAfterDDP, is_data_parallel_wrapped=True, replicas_are_copies=True),
 }
 
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 from elastic_entropy import checkpoint
 from elastic_entropy.config import Config
 from elastic_entropy.distributed import DistInfo, barrier, broadcast_object, gather_objects
+from elastic_entropy.training.relayout import PER_REPLICA, Change, Layout, relayout
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,9 @@ RESUMABLE_CHANGES = (
     "checkpoint",
     "cluster.timeout_s",
     "cluster.cuda_graphs",  # how the passes are launched, not what they compute
+    # the layout: a checkpoint resumes in another one (see relayout)
+    "cluster.replicas_per_process",
+    "cluster.processes_per_node",
     "logger",  # where metrics go, not what is trained
 )
 
@@ -125,6 +129,7 @@ class Checkpointer:
         replicas_per_process: int,
         steps_per_exchange: int,
         total_steps: int,
+        new_replicas_copy: bool = False,
     ) -> None:
         clash = set(components) & set(self.HEADER)
         assert not clash, f"component names {clash} are the checkpoint's own keys"
@@ -133,6 +138,11 @@ class Checkpointer:
         self.components = dict(components)
         self.config = plain_config(cfg)
         self.layout = (info.world_size, replicas_per_process)
+        # an elastic resume: new replicas copy replica 0 (copies of one another) or start from
+        # the reference; shards depend on the number of replicas
+        self.new_replicas_copy = new_replicas_copy
+        self.reshards = cfg.data.policy == "shard"
+        self.change: Change | None = None  # set when the checkpoint resumed had another layout
         self.is_resume = cfg.checkpoint.resume
         self.keep_last = cfg.checkpoint.keep_last
         self.every_steps = cfg.checkpoint.every_outer_steps * steps_per_exchange
@@ -175,28 +185,37 @@ class Checkpointer:
 
     # ------------------------------------------------------------------------------ restoring
     def _incompatibility(self, found: checkpoint.Found) -> str | None:
-        manifest = found.manifest
-        layout = (manifest["world_size"], manifest["replicas_per_process"])
-        # the config first: a layout that differs is often a default that came with a changed
-        # key (algorithm=sgd has 1 replica per process, parle 4), and that key is the user's
         changes = config_changes(checkpoint.load_rank(found, 0)["config"], self.config)
         # a group's option before the keys that came with it
         changes.sort(key=lambda change: not change.split("=", 1)[0].endswith(".name"))
-        made = f"was made with another config ({'; '.join(changes[:4])})" if changes else ""
-        if layout != self.layout:
-            return (
-                f"checkpoint {found.path} {made}{': it ' if made else ''}holds "
-                f"{layout[0] * layout[1]} replicas as {layout[0]} process(es) x {layout[1]}, but "
-                f"this run has {self.layout[0]} x {self.layout[1]}; resume with the same settings, "
-                "torchrun --nproc-per-node and cluster.replicas_per_process, or choose another "
-                "hydra.run.dir"
-            )
         if changes:
             return (
-                f"checkpoint {found.path} {made}; "
-                "resume with the same settings or choose another hydra.run.dir"
+                f"checkpoint {found.path} was made with another config ({'; '.join(changes[:4])});"
+                " resume with the same settings or choose another hydra.run.dir"
             )
         return None
+
+    def _load(self, found: checkpoint.Found, rank: int) -> dict[str, Any]:
+        state = checkpoint.load_rank(found, rank)
+        return _from_format_1(state) if state["format"] == 1 else state
+
+    def _state_for_here(self, found: checkpoint.Found) -> dict[str, Any]:
+        """This rank's state: its own file, or, when the layout changed, cut from all of them."""
+        manifest = found.manifest
+        old = Layout(manifest["world_size"], manifest["replicas_per_process"])
+        new = Layout(*self.layout)
+        if old == new:
+            return self._load(found, self.info.rank)
+        self.change = Change(old, new)
+        fresh = {name: self.components[name].state_dict() for name in PER_REPLICA}
+        return relayout(
+            lambda rank: self._load(found, rank),
+            self.change,
+            self.info.rank,
+            fresh,
+            is_copy=self.new_replicas_copy,
+            reshards=self.reshards,
+        )
 
     def restore(self) -> checkpoint.Found | None:
         """Load the run directory's newest checkpoint into every component (rank 0 chooses it
@@ -215,9 +234,7 @@ class Checkpointer:
             raise checkpoint.CheckpointError(problem)
         if chosen is None:
             return None
-        state = checkpoint.load_rank(found if found is not None else chosen, self.info.rank)
-        if state["format"] == 1:
-            state = _from_format_1(state)
+        state = self._state_for_here(found if found is not None else chosen)
         for name, component in self.components.items():
             try:
                 component.load_state_dict(state[name])
@@ -226,6 +243,8 @@ class Checkpointer:
                     f"checkpoint {chosen.path} does not fit this run (its {name}: "
                     f"{str(error).splitlines()[0]}); choose another hydra.run.dir"
                 ) from error
+        if self.info.is_main and self.change is not None:
+            log.warning("elastic resume from %s: %s", chosen.path.name, self.change)
         if self.info.is_main and chosen.skipped:
             # one line for all of them, so that a fallback is seen and not mistaken for a resume
             log.warning(

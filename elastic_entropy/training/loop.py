@@ -108,6 +108,8 @@ def resume(run: Run) -> None:
     elif run.info.is_main:
         run.metrics.truncate_after(step)
         run.metrics.log({"event": "resume", "step": step, "checkpoint": str(found.path)})
+        if run.checkpointer.change is not None:
+            run.metrics.log(run.checkpointer.change.record(step))
         print(f"resumed from step {step} ({found.path})", flush=True)
     run.metrics.start(step, logged_config(run))
 

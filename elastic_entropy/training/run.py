@@ -199,9 +199,7 @@ def _samplers(cfg: Config, num_train: int, offset: int, num_replicas: int) -> li
     ]
 
 
-def build_run(
-    cfg: Config, info: DistInfo, run_dir: Path, overrides: tuple[str, ...] = ()
-) -> Run:
+def build_run(cfg: Config, info: DistInfo, run_dir: Path, overrides: tuple[str, ...] = ()) -> Run:
     _set_determinism(cfg)
     replicas = cfg.replicas_per_process
     data = load_dataset(
@@ -263,6 +261,7 @@ def build_run(
         replicas_per_process=replicas,
         steps_per_exchange=plan.steps_per_exchange,
         total_steps=plan.total_steps,
+        new_replicas_copy=ALGORITHMS[cfg.algorithm.name].replicas_are_copies,
     )
     return Run(
         cfg=cfg,

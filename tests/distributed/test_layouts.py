@@ -1,4 +1,5 @@
-"""Four replicas as 1x4, 2x2 and 4x1 processes: the same reference (torchrun, gloo, CPU)."""
+"""Four replicas as 1x4, 2x2 and 4x1 processes: the same reference (torchrun, gloo, CPU); 1x4 and
+2x2 to the bit."""
 
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ def test_same_reference_in_every_layout(tmp_path: Path) -> None:
         assert done.returncode == 0, done.stderr[-3000:]
         runs[name] = tmp_path / name
     base = _reference(runs["1x4"])
+    # one thread per process: halves are added first in both, so 2x2 is 1x4 bit for bit
+    two = _reference(runs["2x2"])
+    assert all(torch.equal(two[key], base[key]) for key in base)
     for name in ("2x2", "4x1", "4x1-2nodes"):  # the last: process, then node, then job
         other = _reference(runs[name])
         assert base.keys() == other.keys()

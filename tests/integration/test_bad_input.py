@@ -256,12 +256,7 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
         "made with another config (model.channels=8 there, 16 here)",
         _interrupted_with("model.channels=16"),
     ),
-    (
-        "checkpoint of another replica count",
-        [],
-        "holds 2 replicas as 1 process(es) x 2, but this run has 1 x 3",
-        _interrupted_with("cluster.replicas_per_process=3"),
-    ),
+    # (another replica count is an elastic resume: tests/distributed/test_elastic_resume.py)
     # a layout that changed with a default (sgd: 1 replica a process) names the key first
     (
         "checkpoint of another algorithm",
