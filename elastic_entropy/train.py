@@ -20,11 +20,11 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, OverrideType
 from hydra.errors import ConfigCompositionException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from elastic_entropy.config import GROUPS, Config, register_configs
-from elastic_entropy.config.keys import describe, unknown_keys
+from elastic_entropy.config.keys import UnknownKey, describe, unknown_keys
 from elastic_entropy.training.preemption import EXIT_USAGE, exit_for
 
 
@@ -162,23 +162,38 @@ def _compose(overrides: list[str], parsed: list[Override]) -> DictConfig:
     from hydra import compose
 
     try:
-        cfg = compose("config", overrides=overrides)
+        cfg = compose("config", overrides=overrides, return_hydra_config=True)
     except ConfigCompositionException as error:
         if not str(error).startswith("Could not override"):
             raise
         # add what Hydra refused as ++ would, so that the walk over the schema finds it
         forced = [f"++{raw}" if _is_key(o) else raw for raw, o in zip(overrides, parsed)]
         try:
-            unknown = unknown_keys(compose("config", overrides=forced))
+            unknown = _unknown(compose("config", overrides=forced, return_hydra_config=True))
         except Exception:
             raise error from None  # not an unknown key after all: Hydra's own words
         if not unknown:
             raise
         _fail(describe(unknown[0]))
-    unknown = unknown_keys(cfg)
+    unknown = _unknown(cfg)
     if unknown:
         _fail(describe(unknown[0]))
+    with open_dict(cfg):
+        del cfg["hydra"]  # checked; Hydra's own node is no part of the run's config
     return cfg
+
+
+def _unknown(cfg: DictConfig) -> list[UnknownKey]:
+    """Unknown keys of the run's config, then of Hydra's (``+hydra.foo=1``), leaving out what
+    Hydra itself keeps in its node beyond its schema."""
+    from hydra import compose
+
+    own = {
+        found.key
+        for found in unknown_keys(compose("config", return_hydra_config=True).hydra, "hydra.")
+    }
+    in_hydra = [found for found in unknown_keys(cfg.hydra, "hydra.") if found.key not in own]
+    return unknown_keys(cfg) + in_hydra
 
 
 def _precheck(argv: list[str]) -> None:
@@ -187,7 +202,7 @@ def _precheck(argv: list[str]) -> None:
         return
     args = [arg for arg in argv[1:] if not arg.startswith("-")]
     parsed = _parse_overrides(args)
-    kept = [(raw, o) for raw, o in zip(args, parsed) if not raw.startswith(("hydra.", "hydra/"))]
+    kept = list(zip(args, parsed))  # hydra.* too: Hydra's keys are checked as the run's are
     overrides = [raw for raw, _ in kept]
     for override in overrides:
         group, _, option = override.lstrip("+~").partition("=")

@@ -34,17 +34,20 @@ def _walk(node: DictConfig, prefix: str, valid: list[str], unknown: list[_Found]
     valid += [prefix + name for name in names]
     # resolve=False: an interpolation in a value is not evaluated just to read the keys
     for key, value in node.items_ex(resolve=False):
+        if not prefix and key in ("defaults", "hydra"):
+            continue  # Hydra's node: walked on its own (``unknown_keys(cfg.hydra, "hydra.")``)
         if key not in names:
             unknown.append((prefix + str(key), schema.__name__, names))
         elif isinstance(value, DictConfig):
             _walk(value, f"{prefix}{key}.", valid, unknown)
 
 
-def unknown_keys(cfg: DictConfig) -> list[UnknownKey]:
-    """The keys of the composed ``cfg`` that are no field of their node's dataclass."""
+def unknown_keys(cfg: DictConfig, prefix: str = "") -> list[UnknownKey]:
+    """The keys of the composed ``cfg`` (a node at ``prefix``, e.g. ``hydra.``) that are no field
+    of their node's dataclass."""
     valid: list[str] = []
     unknown: list[_Found] = []
-    _walk(cfg, "", valid, unknown)
+    _walk(cfg, prefix, valid, unknown)
     return [UnknownKey(key, schema, names, tuple(valid)) for key, schema, names in unknown]
 
 

@@ -167,8 +167,7 @@ class Checkpointer:
     def save(self, step: int) -> Path:
         """Every rank writes its file; rank 0 writes the manifest last, then prunes old ones."""
         directory = checkpoint.step_dir(self.run_dir, step)
-        digest = checkpoint.save_rank(self.state_dict(step), directory, self.info.rank)
-        digests = gather_objects(digest, self.info)
+        digests = self._save_everywhere(directory, step)
         if self.info.is_main:
             checkpoint.write_manifest(
                 directory,
@@ -182,6 +181,25 @@ class Checkpointer:
             checkpoint.prune(self.run_dir, self.keep_last, directory)
         barrier(self.info)
         return directory
+
+    def _save_everywhere(self, directory: Path, step: int) -> list[str]:
+        """Every rank's file written, or the same error on every rank: a disk full under one
+        rank stops all of them in one line, instead of leaving the others to wait for it
+        until ``cluster.timeout_s``."""
+        try:
+            digest, problem = (
+                checkpoint.save_rank(self.state_dict(step), directory, self.info.rank),
+                None,
+            )
+        except checkpoint.DiskFullError as error:
+            digest, problem = "", (error.errno, str(error))
+        answers = gather_objects((digest, problem), self.info)
+        for rank, (_, failed) in enumerate(answers):
+            if failed is not None:
+                errno, text = failed
+                where = "" if rank == self.info.rank else f"rank {rank}: "
+                raise checkpoint.DiskFullError(errno, where + text)
+        return [digest for digest, _ in answers]
 
     # ------------------------------------------------------------------------------ restoring
     def _incompatibility(self, found: checkpoint.Found) -> str | None:

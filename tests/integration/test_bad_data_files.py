@@ -44,9 +44,7 @@ def test_the_cli_rows_are_in_the_table() -> None:
     assert len(CLI_DAMAGES) == len(THROUGH_THE_CLI)
 
 
-@pytest.mark.parametrize(
-    "damage", CLI_DAMAGES, ids=[f"{d.data}: {d.name}" for d in CLI_DAMAGES]
-)
+@pytest.mark.parametrize("damage", CLI_DAMAGES, ids=[f"{d.data}: {d.name}" for d in CLI_DAMAGES])
 def test_a_damaged_data_file_is_one_line(tmp_path: Path, damage: Damage) -> None:
     if damage.is_permissions and IS_ROOT:
         pytest.skip("root reads a chmod 000 file")

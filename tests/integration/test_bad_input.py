@@ -283,6 +283,19 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
         "unknown key foo (Key 'foo' not in 'Config'); the keys at the top level are algorithm, ",
         _none,
     ),
+    # Hydra's own keys are held to its schema the same way
+    (
+        "added hydra key",
+        ["+hydra.foo=1"],
+        "unknown key hydra.foo (Key 'foo' not in 'HydraConf'); the keys of hydra are ",
+        _none,
+    ),
+    (
+        "hydra key with a typo",
+        ["hydra.jbo.name=x"],
+        "unknown key hydra.jbo (Key 'jbo' not in 'HydraConf'); did you mean hydra.job?",
+        _none,
+    ),
     (
         "added nested key with a typo",
         ["+logger.wandb.projetc=x"],

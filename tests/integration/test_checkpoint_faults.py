@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from elastic_entropy import checkpoint
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_torchrun
 from tests.integration.test_bad_input import BASE, SMALL, interrupted  # noqa: F401 (fixture)
 from tests.tmpfs import small_filesystem
 
@@ -185,3 +185,28 @@ def test_a_full_disk_stops_in_one_line_and_the_last_checkpoint_resumes(
     assert done.returncode == 0, done.stderr[-2000:]
     assert "resumed from step 10" in done.stdout
     assert (moved / "results.json").is_file()
+
+
+def test_a_full_disk_under_one_rank_stops_every_rank_in_one_line(tmp_path: Path) -> None:
+    """Two processes, one checkpoint file each, room for one and a half: whichever rank runs out,
+    every rank stops with the same line (not the others' "lost a peer" after it exits)."""
+    args = [
+        SMALL,
+        "progress=false",
+        "cluster.replicas_per_process=1",
+        "checkpoint.every_outer_steps=1",
+    ]
+    sized = run_torchrun(2, [*args, "max_steps=5", f"hydra.run.dir={tmp_path / 'sized'}"], tmp_path)
+    assert sized.returncode == 0, sized.stderr[-2000:]
+    (sized_dir,) = (tmp_path / "sized" / "checkpoints").glob("step-*")
+    size = _rank_0(sized_dir).stat().st_size
+    with small_filesystem(tmp_path / "small", size * 3 // 2) as small:
+        run = small / "run"
+        done = run_torchrun(2, [*args, "max_steps=20", f"hydra.run.dir={run}"], tmp_path)
+        output = done.stdout + done.stderr
+        assert done.returncode != 0 and "lost a peer" not in output, output[-3000:]
+        errors = [line for line in output.splitlines() if line.startswith("elastic-entropy:")]
+        assert errors and all("no space left in" in line for line in errors), errors
+        assert "elastic_entropy/" not in output  # no traceback of ours (torchrun prints its own)
+        assert not [p for p in small.rglob("*") if ".tmp-" in p.name]
+        assert checkpoint.find_latest(run) is None  # no checkpoint claimed to be complete

@@ -57,8 +57,10 @@ def test_only_comm_and_distributed_import_torch_distributed() -> None:
     importers = {
         name
         for name, path in MODULES.items()
-        if any(m == "torch.distributed" or m.startswith("torch.distributed.")
-               for m in _all_imports(path))
+        if any(
+            m == "torch.distributed" or m.startswith("torch.distributed.")
+            for m in _all_imports(path)
+        )
     }
     allowed = {"elastic_entropy.distributed"}
     assert {n for n in importers if not n.startswith("elastic_entropy.comm")} <= allowed
