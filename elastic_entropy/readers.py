@@ -1,5 +1,6 @@
 """Readers of the data files in their published formats: MNIST's idx files (raw or gzipped) and
-CIFAR-10's pickled python batches.
+CIFAR-10's and CIFAR-100's pickled python batches (SVHN, image folders and mnist5k are in
+``elastic_entropy.image_readers``).
 
 Every way a file can be unusable (missing, a folder, unreadable, empty, truncated, not the format,
 the wrong structure, disagreeing with its companion file) is checked here, where the path is
@@ -14,15 +15,15 @@ import io
 import math
 import pickle
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
 MNIST_FIX = "re-download MNIST or fix data.root"
-CIFAR_FIX = "re-extract cifar-10-python.tar.gz under data.root"
 NUM_CLASSES = 10  # MNIST and CIFAR-10 alike
-_GZIP_MAGIC = b"\x1f\x8b"
+GZIP_MAGIC = b"\x1f\x8b"
 
 
 class DataNotFoundError(FileNotFoundError):
@@ -43,7 +44,7 @@ class UnsafePickleError(DataFileError, pickle.UnpicklingError):
     ``pickle.UnpicklingError``, as the restricted unpickler has always raised."""
 
 
-def _start(raw: bytes) -> str:
+def start(raw: bytes) -> str:
     """How a file begins, for a message: 'empty' or its first bytes."""
     return "empty" if not raw else f"starts with {raw[:8]!r}"
 
@@ -64,10 +65,10 @@ def read_bytes(path: Path, fix: str) -> bytes:
 
 def _gunzip(path: Path, raw: bytes, fix: str) -> bytes:
     if raw[:4] == b"\0\0\x08\x01" or raw[:4] == b"\0\0\x08\x03":
-        problem = f"is a raw idx file, not gzip data (it {_start(raw)})"
+        problem = f"is a raw idx file, not gzip data (it {start(raw)})"
         raise DataFileError(path, problem, f"rename it {path.stem} or gzip it")
-    if raw[:2] != _GZIP_MAGIC:
-        problem = f"is not gzip data ({_start(raw)}; expected the gzip magic 1f 8b)"
+    if raw[:2] != GZIP_MAGIC:
+        problem = f"is not gzip data ({start(raw)}; expected the gzip magic 1f 8b)"
         raise DataFileError(path, problem, fix)
     try:
         return gzip.decompress(raw)
@@ -84,12 +85,12 @@ def read_idx(path: Path, ndim: int) -> np.ndarray:
     raw = read_bytes(path, MNIST_FIX)
     if path.suffix == ".gz":
         raw = _gunzip(path, raw, MNIST_FIX)
-    elif raw[:2] == _GZIP_MAGIC:
+    elif raw[:2] == GZIP_MAGIC:
         problem = "is gzipped, not a raw idx file (it starts with the gzip magic 1f 8b)"
         raise DataFileError(path, problem, f"rename it {path.name}.gz or gunzip it")
     expected = 0x0800 + ndim
     if len(raw) < 4 or raw[:2] != b"\0\0":
-        problem = f"is not an idx file ({_start(raw)}; expected a magic number 0x{expected:08x})"
+        problem = f"is not an idx file ({start(raw)}; expected a magic number 0x{expected:08x})"
         raise DataFileError(path, problem, MNIST_FIX)
     magic = int.from_bytes(raw[:4], "big")
     if magic != expected:
@@ -124,13 +125,15 @@ def _find(folder: Path, stem: str) -> Path:
     )
 
 
-def _check_labels(path: Path, labels: np.ndarray, fix: str) -> None:
-    bad = np.flatnonzero((labels < 0) | (labels >= NUM_CLASSES))
+def check_labels(
+    path: Path, labels: np.ndarray, fix: str, num_classes: int = NUM_CLASSES, first: int = 0
+) -> None:
+    """Labels must lie in ``first..first + num_classes - 1``; the first one outside is named."""
+    last = first + num_classes - 1
+    bad = np.flatnonzero((labels < first) | (labels > last))
     if len(bad):
         raise DataFileError(
-            path,
-            f"has label {labels[bad[0]]} at index {bad[0]}; labels are 0..{NUM_CLASSES - 1}",
-            fix,
+            path, f"has label {labels[bad[0]]} at index {bad[0]}; labels are {first}..{last}", fix
         )
 
 
@@ -152,8 +155,26 @@ def read_mnist_split(folder: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]
             f"holds {len(labels)} labels but {images_path.name} holds {len(images)} images",
             f"use the labels file that came with those images; {MNIST_FIX}",
         )
-    _check_labels(labels_path, labels, MNIST_FIX)
+    check_labels(labels_path, labels, MNIST_FIX)
     return images, labels
+
+
+@dataclass(frozen=True)
+class CifarFormat:
+    """What differs between CIFAR-10's and CIFAR-100's batches: the rest of the format is one."""
+
+    name: str  # for messages
+    labels_key: bytes
+    num_classes: int
+    archive: str  # the tarball the batches come from, for the fix
+
+    @property
+    def fix(self) -> str:
+        return f"re-extract {self.archive} under data.root"
+
+
+CIFAR10 = CifarFormat("CIFAR-10", b"labels", 10, "cifar-10-python.tar.gz")
+CIFAR100 = CifarFormat("CIFAR-100", b"fine_labels", 100, "cifar-100-python.tar.gz")
 
 
 class _ArrayUnpickler(pickle.Unpickler):
@@ -172,60 +193,67 @@ class _ArrayUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _unpickle(path: Path) -> Any:
-    raw = read_bytes(path, CIFAR_FIX)
-    if raw[:2] == _GZIP_MAGIC:
-        problem = "is gzipped, not a CIFAR-10 python batch (it starts with 1f 8b)"
-        raise DataFileError(path, problem, f"gunzip it or {CIFAR_FIX}")
+def _unpickle(path: Path, fmt: CifarFormat) -> Any:
+    fix, batch = fmt.fix, f"a {fmt.name} python batch"
+    raw = read_bytes(path, fix)
+    if raw[:2] == GZIP_MAGIC:
+        problem = f"is gzipped, not {batch} (it starts with 1f 8b)"
+        raise DataFileError(path, problem, f"gunzip it or {fix}")
     try:
         return _ArrayUnpickler(io.BytesIO(raw), encoding="bytes").load()
     except pickle.UnpicklingError as error:
         if str(error).startswith("refusing"):
-            problem = f"is not a CIFAR-10 batch ({error}: a pickle can run code)"
-            raise UnsafePickleError(path, problem, CIFAR_FIX) from error
-        what = "truncated" if "truncated" in str(error) else f"not a pickle; it {_start(raw)}"
-        raise DataFileError(path, f"is not a CIFAR-10 python batch ({what})", CIFAR_FIX) from error
+            problem = f"is not a {fmt.name} batch ({error}: a pickle can run code)"
+            raise UnsafePickleError(path, problem, fix) from error
+        what = "truncated" if "truncated" in str(error) else f"not a pickle; it {start(raw)}"
+        raise DataFileError(path, f"is not {batch} ({what})", fix) from error
     except EOFError as error:  # the stream ended before the pickle's STOP
         what = "empty" if not raw else "truncated"
-        raise DataFileError(path, f"is not a CIFAR-10 python batch ({what})", CIFAR_FIX) from error
+        raise DataFileError(path, f"is not {batch} ({what})", fix) from error
     # garbage drives the pickle machine into any error at all (int('arbage\n') for b"garbage",
     # a bad opcode's KeyError, a short frame's struct.error...): all mean "not a pickle", and
     # the unpickler's words for it would only confuse; the cause stays chained for debugging
     except Exception as error:
-        problem = f"is not a CIFAR-10 python batch (not a pickle; it {_start(raw)})"
-        raise DataFileError(path, problem, CIFAR_FIX) from error
+        problem = f"is not {batch} (not a pickle; it {start(raw)})"
+        raise DataFileError(path, problem, fix) from error
 
 
-def read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """One pickled CIFAR-10 batch: a dict with ``b"data"`` (N x 3072 bytes, the planes R, G, B
-    of 32 x 32 images) and ``b"labels"`` (N ints in 0..9); uint8 ``(N, 3, 32, 32)`` and int64."""
+def read_cifar_batch(path: Path, fmt: CifarFormat = CIFAR10) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled CIFAR batch: a dict with ``b"data"`` (N x 3072 bytes, the planes R, G, B of
+    32 x 32 images) and the labels (``b"labels"`` in 0..9 for CIFAR-10, ``b"fine_labels"`` in
+    0..99 for CIFAR-100); uint8 ``(N, 3, 32, 32)`` and int64."""
     if not path.exists():
         raise DataNotFoundError(
-            f"CIFAR-10 file {path} not found; extract cifar-10-python.tar.gz under data.root"
+            f"{fmt.name} file {path} not found; extract {fmt.archive} under data.root"
         )
-    batch = _unpickle(path)
-    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+    batch = _unpickle(path, fmt)
+    key = fmt.labels_key
+    if not isinstance(batch, dict) or b"data" not in batch or key not in batch:
         if isinstance(batch, dict):
             found = f"a dict with keys {', '.join(sorted(map(repr, batch))) or 'none'}"
         else:
             found = f"a pickled {type(batch).__name__}"
-        problem = f"is not a CIFAR-10 batch ({found}; expected a dict with b'data' and b'labels')"
-        raise DataFileError(path, problem, CIFAR_FIX)
-    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
+        expected = f"expected a dict with b'data' and {key!r}"
+        raise DataFileError(path, f"is not a {fmt.name} batch ({found}; {expected})", fmt.fix)
+    data, labels = np.asarray(batch[b"data"]), np.asarray(batch[key])
+    _check_cifar_data(path, data, fmt)
+    if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(data):
+        dims = "x".join(map(str, labels.shape)) or "a scalar"
+        problem = f"has {key!r} of shape {dims} and type {labels.dtype} for {len(data)} images"
+        raise DataFileError(path, f"{problem}; expected {len(data)} ints", fmt.fix)
+    check_labels(path, labels, fmt.fix, fmt.num_classes)
+    return data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32), labels.astype(np.int64)
+
+
+def _check_cifar_data(path: Path, data: np.ndarray, fmt: CifarFormat) -> None:
     if data.ndim != 2 or data.shape[0] == 0 or data.shape[1] != 3 * 32 * 32:
         dims = "x".join(map(str, data.shape)) or "a scalar"
-        problem = f"has b'data' of shape {dims}; CIFAR-10 batches hold N x 3072 with N > 0"
-        raise DataFileError(path, problem, CIFAR_FIX)
+        problem = f"has b'data' of shape {dims}; {fmt.name} batches hold N x 3072 with N > 0"
+        raise DataFileError(path, problem, fmt.fix)
     # the real batches are uint8; other integer arrays are accepted if they hold bytes' values
     is_bytes = data.dtype == np.uint8 or (
         data.dtype.kind in "iu" and data.min() >= 0 and data.max() <= 255
     )
     if not is_bytes:
-        problem = f"has b'data' of {data.dtype}, not bytes 0..255 (CIFAR-10's pixels)"
-        raise DataFileError(path, problem, CIFAR_FIX)
-    if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != len(data):
-        dims = "x".join(map(str, labels.shape)) or "a scalar"
-        problem = f"has b'labels' of shape {dims} and type {labels.dtype} for {len(data)} images"
-        raise DataFileError(path, f"{problem}; expected {len(data)} ints", CIFAR_FIX)
-    _check_labels(path, labels, CIFAR_FIX)
-    return data.astype(np.uint8, copy=False).reshape(-1, 3, 32, 32), labels.astype(np.int64)
+        problem = f"has b'data' of {data.dtype}, not bytes 0..255 ({fmt.name}'s pixels)"
+        raise DataFileError(path, problem, fmt.fix)

@@ -11,6 +11,7 @@ elastic-entropy report RUN_DIR [RUN_DIR...]       # plots and a table from metri
 from __future__ import annotations
 
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -23,7 +24,7 @@ from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
-from elastic_entropy.config import GROUPS, Config, register_configs
+from elastic_entropy.config import CONFIG_MODULE, CONFIG_PATH, GROUPS, Config, register_configs
 from elastic_entropy.config.keys import UnknownKey, describe, unknown_keys
 from elastic_entropy.training.preemption import EXIT_USAGE, exit_for
 
@@ -44,7 +45,7 @@ def _to_config(cfg: DictConfig) -> Config:
     return config
 
 
-@hydra.main(version_base="1.3", config_path=None, config_name="config")
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
 def _app(cfg: DictConfig) -> None:
     from elastic_entropy.training import train  # torch is imported after argument parsing
 
@@ -156,20 +157,21 @@ def _is_key(override: Override) -> bool:
     return override.type == OverrideType.CHANGE and name not in GROUPS and "/" not in name
 
 
-def _compose(overrides: list[str], parsed: list[Override]) -> DictConfig:
+def _compose(overrides: list[str], parsed: list[Override], name: str = "config") -> DictConfig:
     """The composed config; a ``key=value`` whose key nothing takes is named with the nearest
     valid key, the same line as for ``+key=value`` (which Hydra accepts into the schema)."""
     from hydra import compose
 
     try:
-        cfg = compose("config", overrides=overrides, return_hydra_config=True)
+        cfg = compose(name, overrides=overrides, return_hydra_config=True)
     except ConfigCompositionException as error:
         if not str(error).startswith("Could not override"):
             raise
         # add what Hydra refused as ++ would, so that the walk over the schema finds it
         forced = [f"++{raw}" if _is_key(o) else raw for raw, o in zip(overrides, parsed)]
+        forced += overrides[len(parsed) :]  # the search path added for --config-dir
         try:
-            unknown = _unknown(compose("config", overrides=forced, return_hydra_config=True))
+            unknown = _unknown(compose(name, overrides=forced, return_hydra_config=True))
         except Exception:
             raise error from None  # not an unknown key after all: Hydra's own words
         if not unknown:
@@ -196,33 +198,66 @@ def _unknown(cfg: DictConfig) -> list[UnknownKey]:
     return unknown_keys(cfg) + in_hydra
 
 
+_CONFIG_FLAGS = {"--config-dir": "dir", "-cd": "dir", "--config-name": "name", "-cn": "name"}
+
+
+def _split_flags(argv: list[str]) -> tuple[list[str], list[str], str] | None:
+    """The overrides, the added config folders (``--config-dir``) and the primary config's name
+    (``--config-name``) of a command line; None for one that asks Hydra for something else."""
+    args, dirs, name = [], [], "config"
+    rest = iter(argv[1:])
+    for arg in rest:
+        flag, equals, value = arg.partition("=")
+        if flag in _CONFIG_FLAGS:
+            value = value if equals else next(rest, "")
+            if _CONFIG_FLAGS[flag] == "dir":
+                dirs.append(str(Path(value).absolute()))
+            else:
+                name = value
+        elif arg in _HYDRA_FLAGS or arg.startswith("-"):
+            return None
+        else:
+            args.append(arg)
+    return args, dirs, name
+
+
+def _unknown_option(error: Exception) -> str | None:
+    """Hydra's "Could not find 'model/foo'" and its list of options, in one line."""
+    text = str(error)
+    missing = re.search(r"Could not find '([^'/]+)/([^']+)'", text)
+    if missing is None:
+        return None
+    group, option = missing.groups()
+    listed = re.search(rf"Available options in '{group}':\n((?:\t.*\n?)*)", text)
+    names = [n.strip() for n in listed.group(1).splitlines()] if listed else []
+    names = [n for n in names if n and not n.startswith("schema_")]
+    choose = f"; choose one of {', '.join(names)} (e.g. {group}={names[0]})" if names else ""
+    return f"unknown {group} {option!r}{choose}"
+
+
 def _precheck(argv: list[str]) -> None:
     """Compose and validate the config before Hydra runs, so that a mistake is one line."""
-    if any(arg in _HYDRA_FLAGS or arg.startswith("--") for arg in argv[1:]):
+    split = _split_flags(argv)
+    if split is None:
         return
-    args = [arg for arg in argv[1:] if not arg.startswith("-")]
+    args, dirs, config_name = split
     parsed = _parse_overrides(args)
     kept = list(zip(args, parsed))  # hydra.* too: Hydra's keys are checked as the run's are
     overrides = [raw for raw, _ in kept]
-    for override in overrides:
-        group, _, option = override.lstrip("+~").partition("=")
-        if group in GROUPS and option not in GROUPS[group]:
-            _fail(
-                f"unknown {group} {option!r}; choose one of {', '.join(sorted(GROUPS[group]))} "
-                f"(e.g. {group}={next(iter(GROUPS[group]))})"
-            )
-    from hydra import initialize
+    if dirs:  # what --config-dir does for the app: those folders first on the search path
+        overrides.append(f"hydra.searchpath=[{','.join(f'file://{d}' for d in dirs)}]")
+    from hydra import initialize_config_module
 
     try:
-        with initialize(version_base="1.3", config_path=None):
-            config = _to_config(_compose(overrides, [o for _, o in kept]))
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            config = _to_config(_compose(overrides, [o for _, o in kept], config_name))
         from elastic_entropy import footprint  # imports torch: only for a config that is valid
 
         footprint.check_config(config)
     except Exception as error:  # Hydra's parse and composition errors, our ValueErrors
         if os.environ.get("ELASTIC_ENTROPY_DEBUG"):
             raise
-        _fail(_one_line(error))
+        _fail(_unknown_option(error) or _one_line(error))
     if int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0"))) == 0:
         run_dirs = [o for o in parsed if o.key_or_group == "hydra.run.dir" and not o.is_delete()]
         _check_run_dir_override(str(run_dirs[-1].value()) if run_dirs else None)

@@ -9,10 +9,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize
+from hydra import compose, initialize_config_module
 from omegaconf import OmegaConf
 
-from elastic_entropy.config import Config, register_configs
+from elastic_entropy.config import CONFIG_MODULE, Config, register_configs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 def compose_config(*overrides: str) -> Config:
     """The app's config with command-line ``overrides``, validated as the app validates it."""
     register_configs()
-    with initialize(version_base="1.3", config_path=None):
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         cfg = compose("config", overrides=list(overrides))
     config = OmegaConf.to_object(cfg)
     assert isinstance(config, Config)

@@ -344,3 +344,238 @@ CIFAR: list[Damage] = [
 ]
 DAMAGES = MNIST + CIFAR
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+# ---- CIFAR-100, SVHN and image folders, in their real formats, and their damages -------------
+# (a table apart from DAMAGES: the command-line tests hold that one to MNIST and CIFAR-10)
+CIFAR100_TRAIN, CIFAR100_TEST = 6, 3
+SVHN_TRAIN, SVHN_TEST = 6, 4
+CLASSES = ("cat", "dog", "frog")
+IMAGE_SIZE = (12, 10)  # width, height (Pillow's order)
+
+
+def cifar100_batch(num_images: int, seed: int = 0) -> dict[bytes, object]:
+    """The keys of the real ``train`` and ``test`` pickles (python 2's, read as bytes)."""
+    data = np.random.default_rng(seed).integers(0, 256, (num_images, 3072), dtype=np.uint8)
+    return {
+        b"filenames": [f"image_{i}.png".encode() for i in range(num_images)],
+        b"batch_label": b"training batch 1 of 1",
+        b"fine_labels": [(37 * i + 99) % 100 for i in range(num_images)],
+        b"coarse_labels": [i % 20 for i in range(num_images)],
+        b"data": data,
+    }
+
+
+def write_cifar100(root: Path) -> Path:
+    folder = root / "cifar-100-python"
+    folder.mkdir(parents=True)
+    for seed, (name, count) in enumerate([("train", CIFAR100_TRAIN), ("test", CIFAR100_TEST)]):
+        (folder / name).write_bytes(pickle.dumps(cifar100_batch(count, seed)))
+    (folder / "meta").write_bytes(pickle.dumps({b"fine_label_names": [b"apple"] * 100}))
+    return folder
+
+
+def svhn_arrays(count: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """SVHN's ``X`` ``[32, 32, 3, N]`` uint8 and ``y`` ``[N, 1]`` uint8 in 1..10 (10: digit 0)."""
+    images = np.random.default_rng(seed).integers(0, 256, (32, 32, 3, count), dtype=np.uint8)
+    labels = (np.arange(count) + 9) % 10 + 1  # 10, 1, 2, ...: the digit 0 first
+    return {"X": images, "y": labels.astype(np.uint8)[:, None]}
+
+
+def mat_bytes(variables: dict[str, np.ndarray]) -> bytes:
+    """A MATLAB v5 file, as SVHN's are."""
+    import io
+
+    from scipy.io import savemat
+
+    buffer = io.BytesIO()
+    savemat(buffer, variables)
+    return buffer.getvalue()
+
+
+def write_svhn(root: Path) -> Path:
+    folder = root / "svhn"
+    folder.mkdir(parents=True)
+    for seed, (name, count) in enumerate([("train", SVHN_TRAIN), ("test", SVHN_TEST)]):
+        (folder / f"{name}_32x32.mat").write_bytes(mat_bytes(svhn_arrays(count, seed)))
+    return folder
+
+
+def image_bytes(size: tuple[int, int] = IMAGE_SIZE, seed: int = 0, fmt: str = "PNG") -> bytes:
+    import io
+
+    from PIL import Image
+
+    pixels = np.random.default_rng(seed).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def write_image_folder(root: Path, name: str = "imagefolder") -> Path:
+    """``ROOT/NAME/{train,test}/<class>/``: 3, 2, 1 training images (PNG) per class, one test
+    image each (the frog's a JPEG)."""
+    folder = root / name
+    for split, counts in (("train", (3, 2, 1)), ("test", (1, 1, 1))):
+        for label, (cls, count) in enumerate(zip(CLASSES, counts)):
+            (folder / split / cls).mkdir(parents=True)
+            for i in range(count):
+                fmt = "JPEG" if (split, cls) == ("test", "frog") else "PNG"
+                path = folder / split / cls / f"{i}.{'jpg' if fmt == 'JPEG' else 'png'}"
+                path.write_bytes(image_bytes(seed=10 * label + i, fmt=fmt))
+    return folder
+
+
+MORE_WRITERS: dict[str, Callable[[Path], Path]] = {
+    "cifar100": write_cifar100,
+    "svhn": write_svhn,
+    "imagefolder": write_image_folder,
+}
+
+
+@dataclass(frozen=True)
+class MoreDamage(Damage):
+    """A damage to a CIFAR-100, SVHN or image-folder file (``file`` relative to its folder)."""
+
+    def build(self, root: Path) -> Path:
+        folder = MORE_WRITERS[self.data](root)
+        self.damage(folder / self.file)
+        return folder / self.file
+
+
+def _mkdir_empty(path: Path) -> None:
+    path.mkdir(parents=True)
+
+
+def _written(make: Callable[[], bytes]) -> Callable[[Path], None]:
+    """Write what ``make`` makes when the damage is done: importing this table needs neither
+    scipy nor Pillow."""
+    return lambda path: path.write_bytes(make())
+
+
+def _add_class(path: Path) -> None:
+    path.mkdir()
+    (path / "0.png").write_bytes(image_bytes())
+
+
+_SVHN = svhn_arrays(SVHN_TEST)
+MORE_DAMAGES: list[Damage] = [
+    MoreDamage(
+        "empty train", "cifar100", "train", _write(b""), "is not a CIFAR-100 python batch (empty)"
+    ),
+    MoreDamage(
+        "CIFAR-10 batch as test",
+        "cifar100",
+        "test",
+        _pickle(cifar_batch()),
+        "(a dict with keys b'data', b'labels'; expected a dict with b'data' and b'fine_labels')",
+    ),
+    MoreDamage(
+        "label out of range",
+        "cifar100",
+        "train",
+        _pickle({**cifar100_batch(3), b"fine_labels": [0, 100, 5]}),
+        "has label 100 at index 1; labels are 0..99",
+    ),
+    MoreDamage(
+        "foreign pickle",
+        "cifar100",
+        "test",
+        _pickle({b"data": Path("x")}),
+        "is not a CIFAR-100 batch (refusing to load pathlib.",
+    ),
+    MoreDamage(
+        "empty .mat",
+        "svhn",
+        "train_32x32.mat",
+        _write(b""),
+        "is not a MATLAB .mat file (empty)",
+    ),
+    MoreDamage(
+        "not a .mat",
+        "svhn",
+        "test_32x32.mat",
+        _write(b"garbage\n"),
+        "is not a MATLAB .mat file (starts with b'garbage\\n')",
+    ),
+    MoreDamage(
+        "truncated .mat", "svhn", "train_32x32.mat", _keep(0.5), "is a truncated or damaged .mat"
+    ),
+    MoreDamage(
+        "v7.3 .mat",
+        "svhn",
+        "test_32x32.mat",
+        _write(b"MATLAB 7.3 MAT-file, Platform: GLNXA64, HDF5 schema 1.00 ." + bytes(500)),
+        "is a MATLAB v7.3 (HDF5) file; SVHN's are MATLAB v5",
+    ),
+    MoreDamage(
+        "wrong image shape",
+        "svhn",
+        "train_32x32.mat",
+        _written(lambda: mat_bytes({**_SVHN, "X": np.zeros((28, 28, 1, 4), np.uint8)})),
+        "has X of shape 28x28x1x4; SVHN's X is 32 x 32 x 3 x N with N > 0",
+    ),
+    MoreDamage(
+        "no labels",
+        "svhn",
+        "test_32x32.mat",
+        _written(lambda: mat_bytes({"X": _SVHN["X"]})),
+        "has no variable y (it holds X)",
+    ),
+    MoreDamage(
+        "counts disagree",
+        "svhn",
+        "test_32x32.mat",
+        _written(lambda: mat_bytes({**_SVHN, "y": _SVHN["y"][:3]})),
+        "has y of shape 3x1 and type uint8 for 4 images; expected 4 x 1 labels",
+    ),
+    MoreDamage(
+        "label 0",
+        "svhn",
+        "train_32x32.mat",
+        _written(lambda: mat_bytes({**_SVHN, "y": np.array([[3], [0], [10], [1]], np.uint8)})),
+        "has label 0 at index 1; labels are 1..10",
+    ),
+    MoreDamage(
+        "not an image",
+        "imagefolder",
+        "train/dog/1.png",
+        _write(b"garbage\n"),
+        "is not a readable image (UnidentifiedImageError",
+    ),
+    MoreDamage(
+        "truncated png",
+        "imagefolder",
+        "train/cat/0.png",
+        _keep(0.5),
+        "is not a readable image (OSError",
+    ),
+    MoreDamage(
+        "another size",
+        "imagefolder",
+        "train/frog/0.png",
+        _written(lambda: image_bytes((8, 8))),
+        f"train/cat/0.png ({IMAGE_SIZE[0]}x{IMAGE_SIZE[1]} RGB): resize the images to one size",
+    ),
+    MoreDamage(
+        "test image of another size",
+        "imagefolder",
+        "test/dog/0.png",
+        _written(lambda: image_bytes((8, 8))),
+        "is 8x8 RGB, unlike the training images (12x10 RGB): resize the images to one size",
+    ),
+    MoreDamage(
+        "class with no image",
+        "imagefolder",
+        "train/newt",
+        _mkdir_empty,
+        "holds no .png or .jpg image",
+    ),
+    MoreDamage(
+        "test class not in train",
+        "imagefolder",
+        "test/newt",
+        _add_class,
+        "is a class that the training split does not have",
+    ),
+]

@@ -48,17 +48,21 @@ from elastic_entropy.config.logger import (
     WandbLoggerConfig,
 )
 from elastic_entropy.config.workload import (
+    AllCNNConfig,
     CNN1DConfig,
     DataConfig,
     LeNetConfig,
     MLPConfig,
     ModelConfig,
+    ResNet18Config,
+    TargetModelConfig,
+    WRNConfig,
 )
 
 __all__ = [
+    "CONFIG_MODULE",
+    "CONFIG_PATH",
     "GROUPS",
-    "HELP_FOOTER",
-    "HELP_HEADER",
     "LR_SCHEDULES",
     "SINKS",
     "WANDB_MODES",
@@ -81,6 +85,7 @@ __all__ = [
     "ParleConfig",
     "SGDConfig",
     "ScopingConfig",
+    "TargetModelConfig",
     "TensorBoardLoggerConfig",
     "WandbConfig",
     "WandbLoggerConfig",
@@ -90,47 +95,15 @@ __all__ = [
     "register_configs",
 ]
 
-HELP_HEADER = """elastic-entropy: train with Parle (Entropy-SGD replicas elastically coupled to
-their average), Entropy-SGD, Elastic-SGD or SGD. Every run writes metrics.jsonl, config.yaml,
-results.json and reference.pt to its run directory (outputs/DATE/TIME).
-
-  elastic-entropy                                  Parle, 4 replicas, MNIST-1D (the default job)
-  elastic-entropy algorithm=sgd                    the baseline on the same machinery
-  elastic-entropy algorithm.num_inner_steps=5 algorithm.rho=0.5 data=digits model=mlp
-  torchrun --standalone --nproc-per-node=2 -m elastic_entropy.train cluster.replicas_per_process=2
-  elastic-entropy report RUN_DIR [RUN_DIR...]      redraw and compare runs from their metrics
-"""
-HELP_FOOTER = """Use --cfg job to print the composed config, --help for this text.
-Couplings are strengths: Deep Relaxation's variance is 1/gamma."""
-
 
 LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
 class Config:
-    defaults: list[Any] = field(
-        default_factory=lambda: [
-            {"algorithm": "parle"},
-            {"model": "cnn1d"},
-            {"data": "mnist1d"},
-            {"scoping": "exponential"},
-            {"cluster": "local"},
-            {"logger": "basic"},
-            "_self_",
-        ]
-    )
-    # Hydra's own settings: microseconds in the run directory so that two runs never share one
-    hydra: Any = field(
-        default_factory=lambda: {
-            "run": {"dir": "outputs/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"},
-            "sweep": {"dir": "multirun/${now:%Y-%m-%d}/${now:%H-%M-%S-%f}"},
-            "help": {"app_name": "elastic-entropy", "header": HELP_HEADER, "footer": HELP_FOOTER},
-            # the run writes config.yaml and overrides.yaml itself, once, when it starts fresh:
-            # Hydra's .hydra/ would be rewritten by every resumed or refused attempt
-            "output_subdir": None,
-        }
-    )
+    """The schema of ``configs/config.yaml``: the run's keys, typed and checked (the values a
+    run starts from are the YAML files'; these defaults serve code that builds a Config)."""
+
     algorithm: Any = MISSING  # Any: each option keeps its own dataclass
     model: Any = MISSING
     data: DataConfig = MISSING
@@ -148,6 +121,8 @@ class Config:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        if isinstance(self.model, dict):  # a YAML model of yours, no schema: its _target_
+            self.model = TargetModelConfig.from_node(self.model)
         # the groups have checked their own keys by now; this walk catches what no rule names
         # (inf, nan, 1e300) before the plan turns it into an OverflowError or a hang
         check_numbers(self)
@@ -195,12 +170,24 @@ GROUPS: dict[str, dict[str, Any]] = {
         "local_sgd": LocalSGDConfig,
         "ddp": DDPConfig,
     },
-    "model": {"cnn1d": CNN1DConfig, "mlp": MLPConfig, "lenet": LeNetConfig},
+    "model": {
+        "cnn1d": CNN1DConfig,
+        "mlp": MLPConfig,
+        "lenet": LeNetConfig,
+        "wrn": WRNConfig,
+        "allcnn": AllCNNConfig,
+        "resnet18": ResNet18Config,
+    },
     "data": {
         "mnist1d": DataConfig(name="mnist1d"),
         "digits": DataConfig(name="digits", batch_size=32),
         "mnist": DataConfig(name="mnist", batch_size=128),
-        "cifar10": DataConfig(name="cifar10", batch_size=128),
+        "cifar10": DataConfig(name="cifar10", batch_size=128, crop_padding=4, flip=True),
+        "cifar100": DataConfig(name="cifar100", batch_size=128, crop_padding=4, flip=True),
+        "svhn": DataConfig(name="svhn", batch_size=128),
+        "mnist5k": DataConfig(name="mnist5k", batch_size=128),
+        "imagefolder": DataConfig(name="imagefolder", batch_size=64),
+        "custom": DataConfig,  # the values are your YAML's (data/custom.yaml)
     },
     "scoping": {
         "exponential": ScopingConfig,
@@ -219,9 +206,17 @@ GROUPS: dict[str, dict[str, Any]] = {
 }
 
 
+# the YAML groups, linked into the package (elastic_entropy/configs -> configs/)
+CONFIG_MODULE = "elastic_entropy.configs"
+CONFIG_PATH = f"pkg://{CONFIG_MODULE}"
+
+
 def register_configs() -> None:
+    """The dataclasses as the schemas of the YAML files: ``schema`` for ``config.yaml``,
+    ``GROUP/schema_OPTION`` for ``configs/GROUP/OPTION.yaml`` (its first default)."""
     store = ConfigStore.instance()
-    store.store(name="config", node=Config)
+    store.store(name="schema", node=Config)
     for group, options in GROUPS.items():
         for name, node in options.items():
-            store.store(group=group, name=name, node=node)
+            schema = node if isinstance(node, type) else type(node)
+            store.store(group=group, name=f"schema_{name}", node=schema)

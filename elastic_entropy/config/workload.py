@@ -19,6 +19,29 @@ class ModelConfig:
 
 
 @dataclass
+class TargetModelConfig(ModelConfig):
+    """A model of yours: ``_target_`` (a dotted path to an ``nn.Module`` factory or class) and
+    the keyword arguments it takes, from a YAML file without a schema."""
+
+    target: str = MISSING
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_node(cls, node: dict[str, Any]) -> TargetModelConfig:
+        if "_target_" not in node:
+            raise ValueError(
+                "Invalid model: a model config needs a name (model=cnn1d, mlp, lenet...) or a "
+                "_target_ (the dotted path of your nn.Module factory)"
+            )
+        kwargs = {k: v for k, v in node.items() if k not in ("_target_", "name")}
+        target = str(node["_target_"])
+        return cls(name=str(node.get("name", target)), target=target, kwargs=kwargs)
+
+    def node(self) -> dict[str, Any]:
+        return {"_target_": self.target, **self.kwargs}
+
+
+@dataclass
 class CNN1DConfig(ModelConfig):
     name: str = "cnn1d"
     channels: int = 32
@@ -64,6 +87,57 @@ class LeNetConfig(ModelConfig):
 
 
 @dataclass
+class WRNConfig(ModelConfig):
+    """Wide ResNet WRN-depth-widen_factor (WRN-28-10: 36.5M parameters)."""
+
+    name: str = "wrn"
+    depth: int = 28
+    widen_factor: int = 10
+    dropout: float = 0.0
+    base_width: int = 16  # 16 in the paper; smaller for CPU-sized variants
+
+    def __post_init__(self) -> None:
+        _require(
+            self.depth >= 10 and (self.depth - 4) % 6 == 0,
+            "model.depth",
+            self.depth,
+            "must be 6n + 4 (10, 16, 22, 28, 40)",
+        )
+        _require(self.widen_factor >= 1, "model.widen_factor", self.widen_factor, "must be >= 1")
+        _require(self.base_width >= 1, "model.base_width", self.base_width, "must be >= 1")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "must be in [0, 1)")
+
+
+@dataclass
+class AllCNNConfig(ModelConfig):
+    """All-CNN-C with BatchNorm (1.37M parameters at width 1)."""
+
+    name: str = "allcnn"
+    width: float = 1.0  # scales the 96 and 192 channels
+    dropout: float = 0.0  # after each stride-2 block
+    input_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _require(0.0 < self.width <= 16.0, "model.width", self.width, "must be in (0, 16]")
+        for key in ("dropout", "input_dropout"):
+            value = getattr(self, key)
+            _require(0.0 <= value < 1.0, f"model.{key}", value, "must be in [0, 1)")
+
+
+@dataclass
+class ResNet18Config(ModelConfig):
+    """The CIFAR ResNet-18 (11.2M parameters at width 64)."""
+
+    name: str = "resnet18"
+    width: int = 64
+    dropout: float = 0.0  # before the linear head
+
+    def __post_init__(self) -> None:
+        _require(self.width >= 1, "model.width", self.width, "must be >= 1")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "must be in [0, 1)")
+
+
+@dataclass
 class DataConfig:
     name: str = MISSING
     batch_size: int = 64
@@ -73,6 +147,16 @@ class DataConfig:
     validation_fraction: float = 0.0
     # a fixed subset of the training set (after the validation split): data-scarce experiments
     train_fraction: float = 1.0
+    # your own data sets (name=custom): _target_ nodes of map-style torch Datasets giving
+    # (input, label) pairs; val and test are optional
+    train: Any = None
+    val: Any = None
+    test: Any = None
+    num_classes: int | None = None  # None: the largest label + 1
+    # augmentation of training minibatches on the device, from each replica's own stream: random
+    # crops of the image padded by crop_padding zeros, and horizontal flips (the papers' CIFAR)
+    crop_padding: int = 0
+    flip: bool = False
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be >= 1")
@@ -85,6 +169,32 @@ class DataConfig:
         )
         _require(
             self.policy in ("full", "shard"), "data.policy", self.policy, "choose full or shard"
+        )
+        _require(
+            0 <= self.crop_padding <= 64,
+            "data.crop_padding",
+            self.crop_padding,
+            "must be in [0, 64]",
+        )
+        for split in ("train", "val", "test"):
+            node = getattr(self, split)
+            _require(
+                node is None or (isinstance(node, dict) and "_target_" in node),
+                f"data.{split}",
+                node,
+                "must be a _target_ node: {_target_: my_package.MyDataset, ...its arguments}",
+            )
+        _require(
+            self.train is not None or self.name != "custom",
+            "data.train",
+            None,
+            "data=custom reads your data set: set data.train={_target_: my_package.MyDataset}",
+        )
+        _require(
+            self.train is not None or (self.val is None and self.test is None),
+            "data.train",
+            None,
+            "data.val and data.test need data.train (your training set's _target_)",
         )
         _require(
             0.0 <= self.validation_fraction < 1.0,

@@ -1,4 +1,9 @@
-"""Networks named by config: ``mlp``, ``cnn1d`` (MNIST-1D) and ``lenet`` (2-D images)."""
+"""Networks named by config: ``mlp``, ``cnn1d`` (MNIST-1D), and for (C, H, W) images ``lenet``,
+``wrn`` (Wide ResNet), ``allcnn`` (All-CNN-C with BN) and ``resnet18`` (the CIFAR ResNet-18).
+
+Each is a factory ``f(input_shape, num_classes, **options) -> nn.Module`` registered in ``MODELS``
+by its config name; a factory given data of the wrong rank raises a one-line ValueError.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,10 @@ from collections.abc import Callable
 from typing import Any
 
 from torch import Tensor, nn
+
+from elastic_entropy.models.allcnn import allcnn
+from elastic_entropy.models.resnet import resnet18
+from elastic_entropy.models.wrn import wrn
 
 
 def _norm1d(channels: int, batchnorm: bool) -> nn.Module:
@@ -110,12 +119,20 @@ def lenet(
     )
 
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"mlp": mlp, "cnn1d": cnn1d, "lenet": lenet}
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "mlp": mlp,
+    "cnn1d": cnn1d,
+    "lenet": lenet,
+    "wrn": wrn,
+    "allcnn": allcnn,
+    "resnet18": resnet18,
+}
 
 
 def build_model(
     name: str, input_shape: tuple[int, ...], num_classes: int, **options: Any
 ) -> nn.Module:
+    """The network ``name`` for samples of ``input_shape`` and ``num_classes`` classes."""
     if name not in MODELS:
         raise ValueError(f"Unknown model {name!r}; choose one of {sorted(MODELS)}")
     return MODELS[name](input_shape, num_classes, **options)

@@ -77,6 +77,10 @@ RESUMABLE_CHANGES = (
 )
 
 
+# components a checkpoint of an earlier version may lack (a run without them is the same run)
+OPTIONAL = ("augmentation",)
+
+
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():
@@ -87,8 +91,20 @@ def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+# keys added after checkpoints were first written, with the value that behaves as runs did
+# before them: a checkpoint without the key was made with that value
+ADDED_KEYS: dict[str, Any] = {
+    "data.train": None,
+    "data.val": None,
+    "data.test": None,
+    "data.num_classes": None,
+    "data.crop_padding": 0,
+    "data.flip": False,
+}
+
+
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    old, new = _flatten(saved), _flatten(current)
+    old, new = ADDED_KEYS | _flatten(saved), _flatten(current)
     changes = []
     for key in sorted(set(old) | set(new)):
         if any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES):
@@ -225,7 +241,7 @@ class Checkpointer:
         if old == new:
             return self._load(found, self.info.rank)
         self.change = Change(old, new)
-        fresh = {name: self.components[name].state_dict() for name in PER_REPLICA}
+        fresh = {n: self.components[n].state_dict() for n in PER_REPLICA if n in self.components}
         return relayout(
             lambda rank: self._load(found, rank),
             self.change,
@@ -254,6 +270,8 @@ class Checkpointer:
             return None
         state = self._state_for_here(found if found is not None else chosen)
         for name, component in self.components.items():
+            if name in OPTIONAL and name not in state:
+                continue  # written before the component existed: it starts as built
             try:
                 component.load_state_dict(state[name])
             except (RuntimeError, ValueError, KeyError) as error:

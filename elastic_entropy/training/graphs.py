@@ -29,7 +29,7 @@ from typing import TypeAlias
 import torch
 from torch import Tensor, nn
 
-from elastic_entropy.training.passes import forward_backward
+from elastic_entropy.training.passes import Augment, forward_backward
 
 log = logging.getLogger(__name__)
 
@@ -61,8 +61,10 @@ class GraphedPasses:
         warmup: int = 3,
         capture: Capture | None = None,
         strict: bool = False,
+        augment: Augment | None = None,
     ) -> None:
         self.models = models
+        self.augment = augment  # outside the graph: one fresh draw per step
         self.x_train, self.y_train = x_train, y_train
         # one allocation per replica, not slices of one: a slice's alignment depends on its
         # index, and cuBLAS/cuDNN pick kernels (and so roundings) by alignment, as for the
@@ -89,6 +91,8 @@ class GraphedPasses:
             index = index.to(self.x_train.device)
             torch.index_select(self.x_train, 0, index, out=self.x[a])
             torch.index_select(self.y_train, 0, index, out=self.y[a])
+            if self.augment is not None:
+                self.x[a].copy_(self.augment(self.x[a], a))
 
     def _pass(self) -> Tensor:
         """The plain path's arithmetic from the static buffers: ``[2, replicas]`` loss, accuracy."""
@@ -238,6 +242,7 @@ def graphed_passes(
     batch_size: int,
     *,
     has_hooks: bool,
+    augment: Augment | None = None,
 ) -> GraphedPasses | None:
     """The CUDA-graph path when ``cluster.cuda_graphs`` (``mode``) asks for it and it can be
     taken; None for the plain path. ``on`` where it cannot be taken is a ValueError."""
@@ -254,7 +259,13 @@ def graphed_passes(
     if why_not is None:
         capture = cuda_graph_capture(device)
         return GraphedPasses(
-            models, x_train, y_train, batch_size, capture=capture, strict=mode == "on"
+            models,
+            x_train,
+            y_train,
+            batch_size,
+            capture=capture,
+            strict=mode == "on",
+            augment=augment,
         )
     if mode == "on":
         raise ValueError(

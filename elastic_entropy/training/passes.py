@@ -8,10 +8,13 @@ global index), so that a replica's randomness does not depend on its neighbours 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
+
+# a replica's minibatch and its local index -> the minibatch augmented (crops, flips)
+Augment = Callable[[Tensor, int], Tensor]
 
 
 def forward_backward(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
@@ -85,16 +88,20 @@ class PlainPasses:
         x_train: Tensor,
         y_train: Tensor,
         randomness: ReplicaRandomness,
+        augment: Augment | None = None,
     ) -> None:
         self.models = models  # what the forward runs: the replicas, or DDP around them
         self.x_train, self.y_train = x_train, y_train
         self.randomness = randomness
+        self.augment = augment  # training minibatches only: never evaluation or the BN refresh
 
     def __call__(self, indices: list[Tensor]) -> Tensor:
         """``[2, replicas]``: each replica's minibatch loss and accuracy."""
         stats = []
         for a, model in enumerate(self.models):
             x, y = self.x_train[indices[a]], self.y_train[indices[a]]
+            if self.augment is not None:
+                x = self.augment(x, a)
             with self.randomness.use(a):  # dropout masks are drawn in forward; backward none
                 stats.append(forward_backward(model, x, y))
         return torch.stack(stats, dim=1)

@@ -148,6 +148,7 @@ PER_REPLICA: dict[str, tuple[Splitter, Joiner]] = {
     "optimizer": (_split_optimizer, _join_optimizer),
     "samplers": (_split_list("items"), _join_list("items")),
     "randomness": (_split_list("states"), _join_list("states")),
+    "augmentation": (_split_list("states"), _join_list("states")),
 }
 # the optimizer's buffers that hold the anchor at an outer-step boundary (the rest are momenta)
 ANCHOR_STATES = ("anchor", "ema")
@@ -274,6 +275,11 @@ def relayout(
     state.update(rank=rank, world_size=change.new.world_size)
     state["replicas_per_process"] = change.new.replicas_per_process
     for name, (split, join) in PER_REPLICA.items():
+        if name not in fresh:
+            continue
+        if name not in saved.file(0):  # a checkpoint from before the component: as built
+            state[name] = fresh[name]
+            continue
         fresh_pieces = split(fresh[name], change.new.replicas_per_process)
         pieces = []
         for a, g in enumerate(mine):

@@ -19,13 +19,15 @@ import torch
 from torch import Tensor, nn
 
 from elastic_entropy import footprint
+from elastic_entropy.augment import Augmentation, augmentation_seeds
 from elastic_entropy.comm import Communicator, make_communicator, wrap_data_parallel
-from elastic_entropy.config import Config
+from elastic_entropy.config import Config, TargetModelConfig
 from elastic_entropy.data import DataSplits, ReplicaSampler, load_dataset
 from elastic_entropy.distributed import DistInfo, broadcast_object, seed_everything
 from elastic_entropy.loggers import RunLogger
 from elastic_entropy.models import build_model
 from elastic_entropy.optim import Parle
+from elastic_entropy.targets import build_target_model, check_output, target_splits
 from elastic_entropy.training.algorithms import ALGORITHMS, build_optimizer
 from elastic_entropy.training.checkpointer import Checkpointer, Each, ProcessRandomness
 from elastic_entropy.training.graphs import GraphedPasses, graphed_passes
@@ -168,11 +170,33 @@ def _set_determinism(cfg: Config) -> None:
         torch.use_deterministic_algorithms(True)
 
 
+def _model(cfg: Config, data: DataSplits) -> nn.Module:
+    """The network named by ``model`` (or your ``_target_``), checked on two samples."""
+    if isinstance(cfg.model, TargetModelConfig):
+        model = build_target_model(cfg.model.node(), data.input_shape, data.num_classes)
+    else:
+        options = cfg.model.model_kwargs()
+        model = build_model(cfg.model.name, data.input_shape, data.num_classes, **options)
+    check_output(model, data.x_train, data.num_classes)
+    return model
+
+
+def _data(cfg: Config) -> DataSplits:
+    """The data set named by ``data`` (or your ``data.train`` / ``val`` / ``test``)."""
+    if cfg.data.train is not None:
+        return target_splits(cfg.data.train, cfg.data.val, cfg.data.test, cfg.data.num_classes)
+    return load_dataset(
+        cfg.data.name,
+        cfg.data.root,
+        cfg.data.seed,
+        cfg.data.validation_fraction,
+        cfg.data.train_fraction,
+    )
+
+
 def _replicas(cfg: Config, data: DataSplits, device: torch.device) -> list[nn.Module]:
     """The replicas of this process from one initialisation (the same seed on every rank)."""
-    first = build_model(
-        cfg.model.name, data.input_shape, data.num_classes, **cfg.model.model_kwargs()
-    )
+    first = _model(cfg, data)
     # before the copies: a layout that cannot fit stops in one line, not in the OOM killer
     processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
     footprint.check_fits(
@@ -202,13 +226,7 @@ def _samplers(cfg: Config, num_train: int, offset: int, num_replicas: int) -> li
 def build_run(cfg: Config, info: DistInfo, run_dir: Path, overrides: tuple[str, ...] = ()) -> Run:
     _set_determinism(cfg)
     replicas = cfg.replicas_per_process
-    data = load_dataset(
-        cfg.data.name,
-        cfg.data.root,
-        cfg.data.seed,
-        cfg.data.validation_fraction,
-        cfg.data.train_fraction,
-    ).to(info.device)
+    data = _data(cfg).to(info.device)
     plan = make_plan(cfg, len(data.y_train))
     models = _replicas(cfg, data, info.device)
     reference_model = copy.deepcopy(models[0])
@@ -224,6 +242,13 @@ def build_run(cfg: Config, info: DistInfo, run_dir: Path, overrides: tuple[str, 
         info.device,
         has_dropout(models[0]),
     )
+    augmentation = Augmentation(
+        augmentation_seeds(cfg.seed, range(offset, offset + replicas)),
+        info.device,
+        crop_padding=cfg.data.crop_padding,
+        flip=cfg.data.flip,
+    )
+    augment = augmentation if augmentation.enabled else None
     forward_models = models
     is_wrapped = ALGORITHMS[cfg.algorithm.name].is_data_parallel_wrapped
     if is_wrapped:
@@ -238,6 +263,7 @@ def build_run(cfg: Config, info: DistInfo, run_dir: Path, overrides: tuple[str, 
         data.y_train,
         batch,
         has_hooks=randomness.enabled or is_wrapped,
+        augment=augment,
     )
     samplers = _samplers(cfg, len(data.y_train), offset, replicas * info.world_size)
     metrics = RunLogger(cfg.logger, run_dir, info.is_main)
@@ -248,6 +274,7 @@ def build_run(cfg: Config, info: DistInfo, run_dir: Path, overrides: tuple[str, 
         "optimizer": optimizer,
         "samplers": Each(samplers),
         "randomness": randomness,
+        "augmentation": augmentation,
         "rng": ProcessRandomness(),
         "comm": comm.stats,
         "progress": counters,
@@ -277,7 +304,7 @@ def build_run(cfg: Config, info: DistInfo, run_dir: Path, overrides: tuple[str, 
         plan=plan,
         metrics=metrics,
         counters=counters,
-        passes=PlainPasses(forward_models, data.x_train, data.y_train, randomness),
+        passes=PlainPasses(forward_models, data.x_train, data.y_train, randomness, augment),
         checkpointer=checkpointer,
         graphed=graphed,
         overrides=overrides,

@@ -152,3 +152,37 @@ def test_silent_peer_fails_within_the_timeout_and_a_restart_resumes(tmp_path: Pa
     resumed = run_torchrun(2, [*args, "max_steps=400", f"hydra.run.dir={run}"], tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from step" in resumed.stdout
+
+
+def test_augmented_images_resume_bitwise(tmp_path: Path) -> None:
+    """Crops and flips drawn on the device from each replica's stream: a preempted run augments
+    on as the uninterrupted one (the streams are in the checkpoint), and augmentation is on."""
+    job = [
+        "max_steps=200",
+        "data=digits",
+        "model=lenet",
+        "model.channels=[4,8]",
+        "model.hidden=16",
+        "cluster.replicas_per_process=2",
+        "algorithm.num_inner_steps=5",
+        "checkpoint.every_outer_steps=2",
+        "deterministic=true",
+        "progress=false",
+        "eval_every=100",
+    ]
+    augmented = [*job, "data.crop_padding=2", "data.flip=true"]
+    for name, args in (("full", augmented), ("plain", job)):
+        done = _cli([*args, f"hydra.run.dir={tmp_path / name}"], tmp_path)
+        _, err = done.communicate(timeout=120)
+        assert done.returncode == 0, err[-2000:]
+    run = tmp_path / "cut"
+    proc = _cli([*augmented, f"hydra.run.dir={run}"], tmp_path)
+    _wait_for_checkpoint(run, 0, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err[-2000:]
+    done = _cli([*augmented, f"hydra.run.dir={run}"], tmp_path)
+    out, err = done.communicate(timeout=120)
+    assert done.returncode == 0 and "resumed from step" in out, err[-2000:]
+    assert _references_equal(tmp_path / "full", run)
+    assert not _references_equal(tmp_path / "full", tmp_path / "plain")

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from typing import ClassVar
 
 import pytest
-from hydra import compose, initialize
+from hydra import compose, initialize_config_module
 from hydra.errors import ConfigCompositionException
 from omegaconf import DictConfig
 
-from elastic_entropy.config import ParleConfig, register_configs
+from elastic_entropy.config import CONFIG_MODULE, ParleConfig, register_configs
 from elastic_entropy.config._checks import check_numbers
 from elastic_entropy.config.keys import describe, unknown_keys
 from elastic_entropy.training.run import make_plan
@@ -127,7 +127,7 @@ def test_the_walk_covers_keys_that_no_rule_names() -> None:
 
 def _composed(*overrides: str) -> DictConfig:
     register_configs()
-    with initialize(version_base="1.3", config_path=None):
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         return compose("config", overrides=list(overrides))
 
 

@@ -141,8 +141,9 @@ def test_mnist_raw_and_gzipped_folders_read_the_same(tmp_path: Path, gz: bool) -
     write_mnist(tmp_path, gz=gz)
     data = load_dataset("mnist", root=tmp_path)
     images = mnist_arrays("train")[IMAGES]
-    expected = (images.astype(np.float32) / 255.0 - 0.1307) / 0.3081
-    assert torch.equal(data.x_train[:, 0], torch.from_numpy(expected))
+    pixels = images.astype(np.float64) / 255.0  # standardised on the training split
+    expected = (pixels - pixels.mean()) / pixels.std()
+    assert torch.allclose(data.x_train[:, 0].double(), torch.from_numpy(expected), atol=1e-5)
     assert data.y_train.dtype == torch.long and len(data.y_test) == NUM_TEST
 
 
@@ -157,3 +158,23 @@ def test_a_foreign_pickle_is_a_data_file_error_and_still_an_unpickling_error(
     assert isinstance(caught.value, ValueError) and isinstance(caught.value, DataFileError)
     assert isinstance(caught.value, pickle.UnpicklingError)
     assert caught.value.path == folder / "data_batch_2"
+
+
+def test_image_sets_are_standardised_per_channel_on_the_train_split_after_the_hold_out(
+    tmp_path: Path,
+) -> None:
+    write_cifar(tmp_path)
+    data = load_dataset("cifar10", root=tmp_path, validation_fraction=0.25)
+    std, mean = torch.std_mean(data.x_train.double(), dim=(0, 2, 3), correction=0)
+    assert torch.allclose(mean, torch.zeros(3, dtype=torch.float64), atol=1e-6)
+    assert torch.allclose(std, torch.ones(3, dtype=torch.float64), atol=1e-5)
+    # a train_fraction cut leaves val and test as they were: one scaling for every fraction
+    small = load_dataset("cifar10", root=tmp_path, validation_fraction=0.25, train_fraction=0.5)
+    assert torch.equal(small.x_val, data.x_val) and torch.equal(small.x_test, data.x_test)
+
+
+def test_the_new_image_sets_are_registered() -> None:
+    from elastic_entropy.data import DATASETS, PER_CHANNEL
+
+    assert {"cifar100", "svhn", "mnist5k", "imagefolder"} <= set(DATASETS)
+    assert PER_CHANNEL == set(DATASETS) - {"mnist1d", "digits"}

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from elastic_entropy import report
-from elastic_entropy.config import register_configs
+from elastic_entropy.config import CONFIG_MODULE, register_configs
 from elastic_entropy.loggers import (
     MetricsLogger,
     RunLogger,
@@ -163,19 +163,19 @@ def test_online_without_credentials_is_refused_by_the_config(
     with pytest.raises(ValueError, match="WANDB_MODE=online needs wandb credentials"):
         check_wandb("auto")
     check_wandb("offline")
-    from hydra import compose, initialize
+    from hydra import compose, initialize_config_module
 
     from elastic_entropy.train import _to_config
 
     register_configs()
-    with initialize(version_base="1.3", config_path=None):
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         with pytest.raises(ValueError, match="run `wandb login` or set WANDB_API_KEY"):
             _to_config(compose("config", overrides=["logger=wandb"]))
         config = _to_config(
             compose("config", overrides=["logger=all", "logger.wandb.mode=offline"])
         )
     assert config.logger.sinks == ["console", "jsonl", "tensorboard", "wandb"]
-    with initialize(version_base="1.3", config_path=None):
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
         with pytest.raises(ValueError, match=r"Invalid logger\.sinks"):
             _to_config(compose("config", overrides=["logger.sinks=[jsonl,mlflow]"]))
 
