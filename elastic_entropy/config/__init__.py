@@ -47,6 +47,7 @@ from elastic_entropy.config.logger import (
     WandbConfig,
     WandbLoggerConfig,
 )
+from elastic_entropy.config.schedule import LR_SCHEDULES, LRScheduleConfig
 from elastic_entropy.config.workload import (
     AllCNNConfig,
     CNN1DConfig,
@@ -77,6 +78,7 @@ __all__ = [
     "DataParallelSGDConfig",
     "ElasticSGDConfig",
     "EntropySGDConfig",
+    "LRScheduleConfig",
     "LeNetConfig",
     "LocalSGDConfig",
     "LoggerConfig",
@@ -96,9 +98,6 @@ __all__ = [
 ]
 
 
-LR_SCHEDULES = ("constant", "cosine")
-
-
 @dataclass
 class Config:
     """The schema of ``configs/config.yaml``: the run's keys, typed and checked (the values a
@@ -116,8 +115,7 @@ class Config:
     epochs: float = 20.0  # minibatches per replica = epochs x (training set / batch size)
     max_steps: int | None = None  # when set, replaces epochs (minibatches per replica)
     eval_every: float = 1.0  # epochs between evaluations of the reference
-    # constant, or cosine: lr and inner_lr annealed from their values to 0 over the run
-    lr_schedule: str = "constant"
+    lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -145,12 +143,6 @@ class Config:
             self.cluster.cuda_graphs,
             "algorithm=ddp runs torch's DistributedDataParallel, which is not captured; "
             "use cluster.cuda_graphs=auto or off",
-        )
-        _require(
-            self.lr_schedule in LR_SCHEDULES,
-            "lr_schedule",
-            self.lr_schedule,
-            f"choose one of {', '.join(LR_SCHEDULES)}",
         )
 
     @property
@@ -193,6 +185,13 @@ GROUPS: dict[str, dict[str, Any]] = {
         "exponential": ScopingConfig,
         "constant": ScopingConfig(
             name="constant", gamma_rate=0.0, gamma_max=math.inf, rho_rate=0.0, rho_max=math.inf
+        ),
+    },
+    "lr_schedule": {
+        "constant": LRScheduleConfig,
+        "cosine": LRScheduleConfig(name="cosine"),
+        "step": LRScheduleConfig(
+            name="step", milestones=[60, 120, 160], factors=[0.2, 0.04, 0.008]
         ),
     },
     "cluster": {"local": ClusterConfig, "gpu": ClusterConfig(name="gpu", device="cuda")},

