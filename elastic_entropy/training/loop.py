@@ -15,7 +15,13 @@ from elastic_entropy.loggers import Progress
 from elastic_entropy.training.evaluation import eval_metrics
 from elastic_entropy.training.metrics import SHOWN, base_metrics, log_quarantine, train_metrics
 from elastic_entropy.training.preemption import EXIT_INTERRUPTED, Preempted, StopSignals
-from elastic_entropy.training.results import finish, format_table, logged_config, save_config
+from elastic_entropy.training.results import (
+    extend_finished,
+    finish,
+    format_table,
+    logged_config,
+    save_config,
+)
 from elastic_entropy.training.run import Run, build_run, prepare_run_dir
 
 
@@ -30,8 +36,9 @@ def train(cfg: Config, run_dir: Path, overrides: tuple[str, ...] = ()) -> dict[s
         info = init_distributed(cfg.cluster.backend, cfg.cluster.device, cfg.cluster.timeout_s)
         lock = None
         try:
-            run_dir, lock = prepare_run_dir(run_dir, info)
+            run_dir, lock = prepare_run_dir(run_dir, info, cfg.checkpoint.resume)
             run = build_run(cfg, info, run_dir, overrides)
+            extend_finished(run)
             try:
                 result = finish(run, fit(run, stop))
             finally:

@@ -12,12 +12,45 @@ import torch
 from omegaconf import OmegaConf
 
 from elastic_entropy import checkpoint
+from elastic_entropy.distributed import barrier, broadcast_object
 from elastic_entropy.training.checkpointer import plain_config
 from elastic_entropy.training.evaluation import final_evaluation
 from elastic_entropy.training.metrics import dp_bytes
 from elastic_entropy.training.run import Run
 
 log = logging.getLogger(__name__)
+
+
+def extend_finished(run: Run) -> None:
+    """A finished run rerun with a larger budget goes on from its last checkpoint: its
+    ``results.json`` and ``reference.pt`` are kept as ``results.step-N.json`` and
+    ``reference.step-N.pt`` (N: the steps it had), the new ones written at the new end. A budget
+    that is not larger is refused in one line."""
+    path = run.run_dir / "results.json"
+    done = None
+    if run.info.is_main and path.exists():
+        try:
+            done = int(json.loads(path.read_text())["steps_per_replica"])
+        except (OSError, ValueError, KeyError, TypeError):
+            done = -1  # unreadable: it cannot say how far it went
+    done = broadcast_object(done, run.info)
+    if done is None:
+        return
+    if run.plan.total_steps <= done or not run.cfg.checkpoint.resume:
+        had = f"{done} steps per replica" if done >= 0 else "an unreadable results.json"
+        raise ValueError(
+            f"run directory {run.run_dir} already holds a finished run ({had}); to train it "
+            "further rerun with a larger max_steps or epochs, or choose another hydra.run.dir"
+        )
+    if run.info.is_main:
+        for name, kept in (
+            ("results.json", f"results.step-{done}.json"),
+            ("reference.pt", f"reference.step-{done}.pt"),
+        ):
+            if (run.run_dir / name).exists():
+                (run.run_dir / name).replace(run.run_dir / kept)
+        log.warning("extending the finished run of %d steps to %d", done, run.plan.total_steps)
+    barrier(run.info)
 
 
 def save_config(run: Run) -> None:

@@ -120,14 +120,17 @@ class Run:
         return len(self.models)
 
 
-def check_run_dir(run_dir: Path) -> RunLock | str:
+def check_run_dir(run_dir: Path, cfg_resume: bool = True) -> RunLock | str:
     """Rank 0's claim on ``run_dir``: its lock, taken before anything is written there, or why
     it cannot take this run."""
     finished = (
         f"run directory {run_dir} already holds a finished run (results.json); "
         "choose another hydra.run.dir"
     )
-    if (run_dir / "results.json").exists():
+    # a finished run may go on with a larger budget (results.extend_finished decides, once the
+    # plan is known); without resume it stays as it is
+    can_extend = cfg_resume
+    if (run_dir / "results.json").exists() and not can_extend:
         return finished
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -142,16 +145,18 @@ def check_run_dir(run_dir: Path) -> RunLock | str:
             f"cannot write to the run directory {run_dir} ({error.strerror}); "
             "choose a writable hydra.run.dir"
         )
-    if (run_dir / "results.json").exists():  # a run that finished while we looked
+    if (run_dir / "results.json").exists() and not can_extend:  # it finished while we looked
         lock.release()
         return finished
     return lock
 
 
-def prepare_run_dir(run_dir: Path, info: DistInfo) -> tuple[Path, RunLock | None]:
+def prepare_run_dir(
+    run_dir: Path, info: DistInfo, can_resume: bool = True
+) -> tuple[Path, RunLock | None]:
     """Rank 0 decides, checks and locks the run directory; every rank gets its path or its
     error. The caller holds the lock (rank 0's; None elsewhere) until the run ends."""
-    claim = check_run_dir(run_dir) if info.is_main else None
+    claim = check_run_dir(run_dir, can_resume) if info.is_main else None
     lock = claim if isinstance(claim, RunLock) else None
     problem = claim if isinstance(claim, str) else None
     run_dir_name, problem = broadcast_object((str(run_dir), problem), info)

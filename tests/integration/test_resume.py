@@ -186,3 +186,29 @@ def test_augmented_images_resume_bitwise(tmp_path: Path) -> None:
     assert done.returncode == 0 and "resumed from step" in out, err[-2000:]
     assert _references_equal(tmp_path / "full", run)
     assert not _references_equal(tmp_path / "full", tmp_path / "plain")
+
+
+def test_a_finished_run_extended_with_a_larger_budget_goes_on_bitwise(tmp_path: Path) -> None:
+    """Rerun with a larger max_steps: it goes on from its last checkpoint (the first results
+    kept beside), and ends as a run given that budget from the start; the same budget again is
+    refused in one line."""
+    job = ["data=digits", "model=mlp", "algorithm.num_inner_steps=5", "deterministic=true"]
+    job += ["progress=false", "logger.plots=false", "eval_every=100"]
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    for args in (
+        ["max_steps=20", f"hydra.run.dir={run}"],
+        ["max_steps=40", f"hydra.run.dir={whole}"],
+    ):
+        done = _cli([*job, *args], tmp_path)
+        _, err = done.communicate(timeout=120)
+        assert done.returncode == 0, err[-2000:]
+    again = _cli([*job, "max_steps=20", f"hydra.run.dir={run}"], tmp_path)
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 2 and "already holds a finished run (20 steps" in err, err
+    longer = _cli([*job, "max_steps=40", f"hydra.run.dir={run}"], tmp_path)
+    out, err = longer.communicate(timeout=120)
+    assert longer.returncode == 0 and "resumed from step 20" in out, err[-2000:]
+    assert _references_equal(run, whole)
+    first = json.loads((run / "results.step-20.json").read_text())
+    assert first["steps_per_replica"] == 20 and (run / "reference.step-20.pt").is_file()
+    assert json.loads((run / "results.json").read_text())["steps_per_replica"] == 40
