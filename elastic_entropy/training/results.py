@@ -36,7 +36,7 @@ def extend_finished(run: Run) -> None:
     done = broadcast_object(done, run.info)
     if done is None:
         return
-    if run.plan.total_steps <= done or not run.cfg.checkpoint.resume:
+    if done < 0 or run.plan.total_steps <= done or not run.cfg.checkpoint.resume:
         had = f"{done} steps per replica" if done >= 0 else "an unreadable results.json"
         raise ValueError(
             f"run directory {run.run_dir} already holds a finished run ({had}); to train it "
