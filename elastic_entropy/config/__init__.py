@@ -117,6 +117,9 @@ class Config:
     eval_every: float = 1.0  # epochs between evaluations of the reference
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     progress: bool = True
+    # fp32, or bf16: the training forward under torch.autocast (parameters, gradients and the
+    # optimizer stay float32)
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):  # a YAML model of yours, no schema: its _target_
@@ -143,6 +146,13 @@ class Config:
             self.cluster.cuda_graphs,
             "algorithm=ddp runs torch's DistributedDataParallel, which is not captured; "
             "use cluster.cuda_graphs=auto or off",
+        )
+
+        _require(
+            self.precision in PRECISIONS,
+            "precision",
+            self.precision,
+            f"choose one of {', '.join(PRECISIONS)} (fp16 with a gradient scaler is not there yet)",
         )
 
     @property
@@ -204,6 +214,8 @@ GROUPS: dict[str, dict[str, Any]] = {
     },
 }
 
+
+PRECISIONS = ("fp32", "bf16")
 
 # the YAML groups, linked into the package (elastic_entropy/configs -> configs/)
 CONFIG_MODULE = "elastic_entropy.configs"

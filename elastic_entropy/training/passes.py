@@ -25,6 +25,31 @@ def forward_backward(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     return torch.stack([loss.detach(), (out.detach().argmax(dim=1) == y).float().mean()])
 
 
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+
+
+class Autocast(nn.Module):
+    """``model``'s forward under ``torch.autocast`` (bf16 matmuls and convolutions), its logits
+    back in float32 for the loss; the parameters, their gradients and the optimizer stay float32
+    (the flat buffers are not touched)."""
+
+    def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.model = model
+        self.dtype = dtype
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(device_type=x.device.type, dtype=self.dtype):
+            out = self.model(x)
+        return out.float()
+
+
+def with_precision(models: list[nn.Module], precision: str) -> list[nn.Module]:
+    """The forward models for ``precision`` (``fp32``: as they are)."""
+    dtype = PRECISIONS[precision]
+    return models if dtype is None else [Autocast(m, dtype) for m in models]
+
+
 def has_dropout(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.dropout._DropoutNd) for m in model.modules())
 

@@ -31,7 +31,12 @@ from elastic_entropy.targets import build_target_model, check_output, target_spl
 from elastic_entropy.training.algorithms import ALGORITHMS, build_optimizer
 from elastic_entropy.training.checkpointer import Checkpointer, Each, ProcessRandomness
 from elastic_entropy.training.graphs import GraphedPasses, graphed_passes
-from elastic_entropy.training.passes import PlainPasses, ReplicaRandomness, has_dropout
+from elastic_entropy.training.passes import (
+    PlainPasses,
+    ReplicaRandomness,
+    has_dropout,
+    with_precision,
+)
 from elastic_entropy.training.run_lock import RunDirBusy, RunLock
 
 
@@ -260,10 +265,11 @@ def build_run(cfg: Config, info: DistInfo, run_dir: Path, overrides: tuple[str, 
         # after the optimizer has moved the parameters into its flat buffer: DDP keeps hooks on
         # the same parameter objects, and its averaged gradients land in the optimizer's views
         forward_models = [wrap_data_parallel(models[0], info, comm.stats)]
+    forward_models = with_precision(forward_models, cfg.precision)
     batch = cfg.data.batch_size
     graphed = graphed_passes(
         cfg.cluster.cuda_graphs,
-        models,
+        with_precision(models, cfg.precision),
         data.x_train,
         data.y_train,
         batch,
