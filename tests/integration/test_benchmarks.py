@@ -22,6 +22,7 @@ CASES = [
     ("communication", ["--steps", "10"], ["parle_L5/ddp", "parle_L25/ddp"]),
     ("throughput", ["--steps", "10"], ["parle_1x1/sgd_1x1", "parle_2x2/parle_1x4"]),
     ("replicas_per_device", ["--quick", "--device", "cpu"], ["plain4/one", "app4/one"]),
+    ("data_pipeline", ["--quick"], ["gather_augment/gather", "loader_2/gather"]),
     (
         "exposed_comm",
         ["--quick", "--num-inner-steps", "3", "--outer", "1"],
