@@ -121,7 +121,7 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
     (
         "unknown lr schedule",
         ["lr_schedule=linear"],
-        "Invalid lr_schedule: 'linear' (choose one of constant, cosine)",
+        "unknown lr_schedule 'linear'; choose one of constant, cosine, step",
         _none,
     ),
     ("negative gamma", ["algorithm.gamma=-1"], "Invalid algorithm.gamma: -1.0", _none),
@@ -199,13 +199,13 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
     (
         "unknown model",
         ["model=resnet"],
-        "unknown model 'resnet'; choose one of cnn1d, lenet, mlp",
+        "unknown model 'resnet'; choose one of allcnn, cnn1d, lenet, mlp, resnet18, wrn",
         _none,
     ),
     (
         "unknown data set",
         ["data=imagenet"],
-        "unknown data 'imagenet'; choose one of cifar10, digits, mnist, mnist1d",
+        "unknown data 'imagenet'; choose one of cifar10, cifar100, custom, digits, imagefolder,",
         _none,
     ),
     ("unknown key", ["model.widthh=3"], "Key 'widthh' not in 'CNN1DConfig'", _none),
