@@ -108,6 +108,6 @@ def test_finished_run_directory_is_never_overwritten(tmp_path: Path) -> None:
     done = run_cli(["max_steps=10", "progress=false", f"hydra.run.dir={run_dir}"], tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     before = (run_dir / "results.json").read_bytes()
-    again = run_cli(["max_steps=20", "progress=false", f"hydra.run.dir={run_dir}"], tmp_path)
+    again = run_cli(["max_steps=10", "progress=false", f"hydra.run.dir={run_dir}"], tmp_path)
     assert again.returncode == 2 and "already holds a finished run" in again.stderr
     assert (run_dir / "results.json").read_bytes() == before
