@@ -108,7 +108,11 @@ BAD = [
         "data.train: sample 0 has a input of type str",
     ),
     ("custom data without a train set", ["data=custom"], "data=custom reads your data set"),
-    ("unknown option of yours", ["model=tinyy"], "unknown model 'tinyy'; choose one of cnn1d,"),
+    (
+        "unknown option of yours",
+        ["model=tinyy"],
+        "unknown model 'tinyy'; choose one of allcnn, cnn1d,",
+    ),
 ]
 
 
