@@ -100,10 +100,16 @@ ADDED_KEYS: dict[str, Any] = {
     "data.num_classes": None,
     "data.crop_padding": 0,
     "data.flip": False,
+    "lr_schedule.milestones": [],
+    "lr_schedule.factors": [],
+    "lr_schedule.warmup_epochs": 0.0,
+    "precision": "fp32",
 }
 
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    if isinstance(saved.get("lr_schedule"), str):  # a name, before it became a group
+        saved = {**saved, "lr_schedule": {"name": saved["lr_schedule"]}}
     old, new = ADDED_KEYS | _flatten(saved), _flatten(current)
     changes = []
     for key in sorted(set(old) | set(new)):

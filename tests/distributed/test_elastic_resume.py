@@ -248,3 +248,46 @@ def test_torchrun_elastic_membership_a_node_joins_then_is_lost(tmp_path: Path) -
     assert result["num_replicas"] == 2 and result["processes"] == 1
     reference = _reference(run_dir)
     assert all(bool(torch.isfinite(t).all()) for t in reference.values() if t.is_floating_point())
+
+
+# the README's two lines, as they are written
+README_FIRST = (
+    "elastic-entropy hydra.run.dir=outputs/elastic cluster.replicas_per_process=4 max_steps=600"
+)
+README_THEN = (
+    "torchrun --standalone --nproc-per-node=2 -m elastic_entropy.train "
+    "hydra.run.dir=outputs/elastic cluster.replicas_per_process=2 max_steps=600"
+)
+TESTED = {README_FIRST, README_THEN}
+
+
+def test_the_readme_lines_resume_a_killed_1x4_job_on_two_processes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "outputs" / "elastic"
+    first = subprocess.Popen(
+        ["bash", "-c", f"exec {README_FIRST} progress=false"],
+        cwd=tmp_path,
+        env=cli_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for(lambda: newest_checkpoint(run_dir) > 0, first, "no checkpoint")
+    finally:
+        first.kill()
+        first.wait()
+    assert not (run_dir / "results.json").exists()
+    then = subprocess.run(
+        [
+            "bash",
+            "-c",
+            README_THEN.replace("torchrun", f"{sys.executable} -m torch.distributed.run"),
+        ],
+        cwd=tmp_path,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert then.returncode == 0, then.stderr[-3000:]
+    assert _relayouts(run_dir) == [([1, 4], [2, 2])]
+    assert json.loads((run_dir / "results.json").read_text())["steps_per_replica"] == 600

