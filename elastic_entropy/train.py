@@ -171,13 +171,14 @@ def _compose(overrides: list[str], parsed: list[Override], name: str = "config")
         forced = [f"++{raw}" if _is_key(o) else raw for raw, o in zip(overrides, parsed)]
         forced += overrides[len(parsed) :]  # the search path added for --config-dir
         try:
-            unknown = _unknown(compose(name, overrides=forced, return_hydra_config=True))
+            forced_cfg = compose(name, overrides=forced, return_hydra_config=True)
+            unknown = _unknown(forced_cfg, name, parsed)
         except Exception:
             raise error from None  # not an unknown key after all: Hydra's own words
         if not unknown:
             raise
         _fail(describe(unknown[0]))
-    unknown = _unknown(cfg)
+    unknown = _unknown(cfg, name, parsed)
     if unknown:
         _fail(describe(unknown[0]))
     with open_dict(cfg):
@@ -185,17 +186,18 @@ def _compose(overrides: list[str], parsed: list[Override], name: str = "config")
     return cfg
 
 
-def _unknown(cfg: DictConfig) -> list[UnknownKey]:
-    """Unknown keys of the run's config, then of Hydra's (``+hydra.foo=1``), leaving out what
-    Hydra itself keeps in its node beyond its schema."""
+def _unknown(cfg: DictConfig, name: str, parsed: list[Override]) -> list[UnknownKey]:
+    """Unknown keys of the run's config, then, when the command line sets some, of Hydra's
+    (``+hydra.foo=1``), leaving out what Hydra itself keeps in its node beyond its schema (the
+    keys of the config composed without the user's overrides)."""
+    unknown = unknown_keys(cfg)
+    if not any(o.key_or_group.startswith("hydra.") for o in parsed):
+        return unknown  # no second composition on the common path
     from hydra import compose
 
-    own = {
-        found.key
-        for found in unknown_keys(compose("config", return_hydra_config=True).hydra, "hydra.")
-    }
-    in_hydra = [found for found in unknown_keys(cfg.hydra, "hydra.") if found.key not in own]
-    return unknown_keys(cfg) + in_hydra
+    plain = compose(name, return_hydra_config=True).hydra
+    own = {found.key for found in unknown_keys(plain, "hydra.")}
+    return unknown + [f for f in unknown_keys(cfg.hydra, "hydra.") if f.key not in own]
 
 
 _CONFIG_FLAGS = {"--config-dir": "dir", "-cd": "dir", "--config-name": "name", "-cn": "name"}

@@ -56,11 +56,22 @@ class PendingMasked(Protocol):
 def tree_sum(rows: torch.Tensor) -> torch.Tensor:
     """The sum over the first axis, halves first: ``(a + b) + (c + d)``, the order in which an
     all-reduce across two processes of two rows each adds them, so that a job gives the same
-    bits as 1 x 4 or 2 x 2 (and 1 x 2 or 2 x 1) processes x replicas."""
-    if rows.shape[0] <= 1:  # none left (every replica diverged): a sum of nothing
-        return rows[0].clone() if len(rows) else rows.new_zeros(rows.shape[1:])
+    bits as 1 x 4 or 2 x 2 (and 1 x 2 or 2 x 1) processes x replicas. One new tensor per pair
+    of rows, each added into in place: no copy of a row."""
+    if rows.shape[0] == 0:  # every replica diverged: a sum of nothing
+        return rows.new_zeros(rows.shape[1:])
+    total = _halves(rows)
+    return total.clone() if rows.shape[0] == 1 else total
+
+
+def _halves(rows: torch.Tensor) -> torch.Tensor:
+    """``tree_sum`` of one or more rows; a single row is returned as the view it is."""
+    if rows.shape[0] == 1:
+        return rows[0]
     half = (rows.shape[0] + 1) // 2
-    return tree_sum(rows[:half]).add_(tree_sum(rows[half:]))
+    left, right = _halves(rows[:half]), _halves(rows[half:])
+    # a left half of one row is a view of the caller's buffer: a new tensor, never into it
+    return left.add_(right) if half > 1 else left + right
 
 
 def pack_masked(
