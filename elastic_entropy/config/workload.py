@@ -77,13 +77,26 @@ class LeNetConfig(ModelConfig):
     hidden: int = 500
     dropout: float = 0.25
     batchnorm: bool = True
+    # None: the authors' valid convs and 3x3, 2x2 pools (the padded 2x2 variant on small images)
+    padding: int | None = None
+    pools: list[int] | None = None
 
     def __post_init__(self) -> None:
         _require(len(self.channels) == 2, "model.channels", self.channels, "needs two sizes")
         _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "must be in [0, 1)")
+        if self.padding is not None:
+            _require(self.padding >= 0, "model.padding", self.padding, "must be >= 0")
+        if self.pools is not None:
+            _require(
+                len(self.pools) == 2 and min(self.pools) >= 1,
+                "model.pools",
+                self.pools,
+                "needs two sizes >= 1",
+            )
 
     def model_kwargs(self) -> dict[str, Any]:
-        return {**super().model_kwargs(), "channels": tuple(self.channels)}
+        pools = None if self.pools is None else tuple(self.pools)
+        return {**super().model_kwargs(), "channels": tuple(self.channels), "pools": pools}
 
 
 @dataclass

@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from elastic_entropy.models._layers import dropout_or_nothing, require_image
 from elastic_entropy.models.allcnn import allcnn
 from elastic_entropy.models.resnet import resnet18
 from elastic_entropy.models.wrn import wrn
@@ -78,6 +79,57 @@ def cnn1d(
     return nn.Sequential(*layers)
 
 
+# The authors' LeNet (ucla-vision/parle parle_mpi.py; the same in pratikac/distributed-ensembles
+# code/models.py `lenet` and ucla-vision/entropy-sgd python/models.py `mnistconv`): 'valid' 5x5
+# convolutions, a 3x3 pool after the first and a 2x2 pool after the second, so that MNIST's 28x28
+# becomes 24 -> 8 -> 4 -> 2 and the fc layer reads 50 * 2 * 2 = 200 features.
+AUTHORS_PADDING = 0
+AUTHORS_POOLS = (3, 2)
+# Images under 22 pixels a side (sklearn's 8x8 digits) leave nothing for those valid convs; for
+# them an unset padding or pool falls back to the LeNet-5 'same' geometry with 2x2 pools.
+SMALL_IMAGE_PADDING = 2
+SMALL_IMAGE_POOLS = (2, 2)
+_KERNEL = 5
+
+
+def _lenet_side(side: int, padding: int, pools: tuple[int, int]) -> int:
+    """The feature map's side after both conv-pool blocks, or 0 when a block gets nothing."""
+    for pool in pools:
+        side = side + 2 * padding - _KERNEL + 1
+        if side < pool:
+            return 0
+        side //= pool
+    return side
+
+
+def _lenet_geometry(
+    height: int, width: int, padding: int | None, pools: tuple[int, int] | None
+) -> tuple[int, tuple[int, int], int, int]:
+    """``(padding, pools, out_height, out_width)``: the authors' values for what is unset, the
+    small-image ones where the authors' do not fit, a one-line ValueError if nothing fits."""
+
+    def fits(p: int, k: tuple[int, int]) -> bool:
+        return min(_lenet_side(height, p, k), _lenet_side(width, p, k)) > 0
+
+    chosen_padding = AUTHORS_PADDING if padding is None else padding
+    chosen_pools = AUTHORS_POOLS if pools is None else pools
+    if not fits(chosen_padding, chosen_pools) and (padding is None or pools is None):
+        chosen_padding = SMALL_IMAGE_PADDING if padding is None else padding
+        chosen_pools = SMALL_IMAGE_POOLS if pools is None else pools
+    if not fits(chosen_padding, chosen_pools):
+        raise ValueError(
+            f"lenet: {height}x{width} images are too small for model.padding={chosen_padding} "
+            f"model.pools=[{chosen_pools[0]},{chosen_pools[1]}]; use a larger model.padding "
+            "or smaller model.pools"
+        )
+    return (
+        chosen_padding,
+        chosen_pools,
+        _lenet_side(height, chosen_padding, chosen_pools),
+        _lenet_side(width, chosen_padding, chosen_pools),
+    )
+
+
 def lenet(
     input_shape: tuple[int, ...],
     num_classes: int,
@@ -86,35 +138,43 @@ def lenet(
     hidden: int = 500,
     dropout: float = 0.25,
     batchnorm: bool = True,
+    padding: int | None = None,
+    pools: tuple[int, int] | None = None,
 ) -> nn.Module:
-    """LeNet as in the papers: conv 20, conv 50 (5x5, 'same'), 2x2 pools, fc 500, dropout."""
-    if len(input_shape) != 3:
-        raise ValueError(
-            f"lenet needs image data (C, H, W), got samples of shape {input_shape}; "
-            "use model=mlp or model=cnn1d for this data set"
-        )
-    in_channels, height, width = input_shape
-    bn2d = (lambda c: nn.BatchNorm2d(c)) if batchnorm else (lambda c: nn.Identity())
+    """The authors' LeNet: two ``conv 5x5 -> BN -> ReLU -> max-pool -> dropout`` blocks (20 and
+    50 channels; valid convs, pools 3 then 2), then ``fc 500 -> BN -> ReLU -> dropout -> fc``.
+
+    132,220 parameters on MNIST. ``padding=2, pools=(2, 2)`` gives the padded variant this
+    package used before (1,257,220); images under 22 pixels a side get it by default.
+    """
+    in_channels = require_image("lenet", input_shape)
+    _, height, width = input_shape
+    if padding is not None and padding < 0:
+        raise ValueError(f"lenet: model.padding={padding} must be >= 0")
+    if pools is not None and (len(pools) != 2 or min(pools) < 1):
+        raise ValueError(f"lenet: model.pools={list(pools)} needs two sizes >= 1")
+    padding, pools, out_height, out_width = _lenet_geometry(height, width, padding, pools)
     c1, c2 = channels
-    features = nn.Sequential(
-        nn.Conv2d(in_channels, c1, 5, padding=2),
-        bn2d(c1),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(c1, c2, 5, padding=2),
-        bn2d(c2),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-    )
-    flat = c2 * (height // 4) * (width // 4)
+
+    def block(ci: int, co: int, pool: int) -> nn.Module:
+        # the conv keeps its bias although BN follows, as the authors' does (70 of the 132,220)
+        return nn.Sequential(
+            nn.Conv2d(ci, co, _KERNEL, padding=padding),
+            nn.BatchNorm2d(co) if batchnorm else nn.Identity(),
+            nn.ReLU(),
+            nn.MaxPool2d(pool),
+            dropout_or_nothing(dropout),
+        )
+
+    # the authors' module tree, so that their state_dict keys (0.0.weight, ..., 7.bias) load
     return nn.Sequential(
-        features,
+        block(in_channels, c1, pools[0]),
+        block(c1, c2, pools[1]),
         nn.Flatten(),
-        nn.Dropout(dropout) if dropout > 0.0 else nn.Identity(),
-        nn.Linear(flat, hidden),
+        nn.Linear(c2 * out_height * out_width, hidden),
         _norm1d(hidden, batchnorm),
         nn.ReLU(),
-        nn.Dropout(dropout) if dropout > 0.0 else nn.Identity(),
+        dropout_or_nothing(dropout),
         nn.Linear(hidden, num_classes),
     )
 

@@ -11,6 +11,7 @@ from torch import nn
 
 from elastic_entropy.models import MODELS, build_model
 from elastic_entropy.models.wrn import WideBlock
+from tests.conftest import compose_config
 
 # Full-size networks on CIFAR-10 (3x32x32, 10 classes), built on the meta device: nothing is
 # allocated, so counting even WRN-28-10's 36.5M parameters takes milliseconds.
@@ -33,8 +34,25 @@ NARROW: dict[str, dict[str, Any]] = {
     "wrn": {"depth": 10, "widen_factor": 1, "base_width": 4},
     "allcnn": {"width": 0.1},
     "resnet18": {"width": 4},
+    "lenet": {"channels": (4, 8), "hidden": 16, "dropout": 0.0},
 }
-IMAGE_NETWORKS = ["lenet", *NARROW]
+IMAGE_NETWORKS = sorted(NARROW)
+
+# The authors' LeNet on MNIST (1x28x28, 10 classes), as ucla-vision/parle parle_mpi.py builds it
+# (pratikac/distributed-ensembles code/models.py `lenet` and ucla-vision/entropy-sgd
+# python/models.py `mnistconv` are the same network), counted by hand:
+#   conv 1->20 5x5 with bias   20*1*25 + 20    =     520   28 -> 24, max-pool 3 -> 8
+#   BatchNorm2d(20)            2*20            =      40
+#   conv 20->50 5x5 with bias  50*20*25 + 50   =  25,050    8 -> 4,  max-pool 2 -> 2
+#   BatchNorm2d(50)            2*50            =     100
+#   fc 50*2*2 -> 500           200*500 + 500   = 100,500
+#   BatchNorm1d(500)           2*500           =   1,000
+#   fc 500 -> 10               500*10 + 10     =   5,010
+#                                                132,220
+LENET_MNIST = 132_220
+# padding=2 and 2x2 pools (the variant this package had): 28 -> 7, so fc 50*7*7 -> 500 takes
+# 2450*500 + 500 = 1,225,500 instead of 100,500
+LENET_PADDED_MNIST = 1_257_220
 SHAPES = [(3, 8, 8), (1, 28, 28), (3, 32, 32)]
 
 
@@ -65,6 +83,66 @@ def test_full_size_networks_have_the_published_parameter_counts(
     with torch.device("meta"):
         model = build_model(name, (3, 32, 32), 10, **options)
     assert _num_parameters(model) == expected
+
+
+@pytest.mark.parametrize(
+    ("options", "expected"),
+    [({}, LENET_MNIST), ({"padding": 2, "pools": (2, 2)}, LENET_PADDED_MNIST)],
+    ids=["authors", "padded"],
+)
+def test_lenet_on_mnist_has_the_authors_parameter_count(
+    options: dict[str, Any], expected: int
+) -> None:
+    with torch.device("meta"):
+        model = build_model("lenet", (1, 28, 28), 10, **options)
+    assert _num_parameters(model) == expected
+
+
+def test_lenet_is_the_authors_layer_for_layer() -> None:
+    """parle_mpi.py: convbn(1,20,5,3,0.25), convbn(20,50,5,2,0.25), View(200), Linear(200,500),
+    BatchNorm1d, ReLU, Dropout(0.25), Linear(500,10); convbn = Conv2d(ci,co,5) (no padding),
+    BatchNorm2d, ReLU, MaxPool2d(psz, stride=psz), Dropout(p)."""
+    model = build_model("lenet", (1, 28, 28), 10)
+    kinds = [type(m) for m in _calls(model, (1, 28, 28))]
+    block = [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.Dropout]
+    head = [nn.Flatten, nn.Linear, nn.BatchNorm1d, nn.ReLU, nn.Dropout, nn.Linear]
+    assert kinds == [*block, *block, *head]
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(1, 20), (20, 50)]
+    assert all(c.kernel_size == (5, 5) and c.padding == (0, 0) for c in convs)
+    pools = [m for m in model.modules() if isinstance(m, nn.MaxPool2d)]
+    assert [(p.kernel_size, p.stride) for p in pools] == [(3, 3), (2, 2)]
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert [(fc.in_features, fc.out_features) for fc in linears] == [(200, 500), (500, 10)]
+    assert [m.p for m in model.modules() if isinstance(m, nn.Dropout)] == [0.25] * 3
+    # parle_mpi.py's module tree, so that a state_dict of theirs loads by name
+    assert list(model.state_dict())[:2] == ["0.0.weight", "0.0.bias"]
+    assert list(model.state_dict())[-2:] == ["7.weight", "7.bias"]
+
+
+def test_lenet_small_images_get_the_padded_variant_unless_told_otherwise() -> None:
+    # 8x8 digits: valid 5x5 convs and a 3x3 pool leave no feature map (8 -> 4 -> 1 -> nothing)
+    model = build_model("lenet", (1, 8, 8), 10)
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    pools = [m for m in model.modules() if isinstance(m, nn.MaxPool2d)]
+    assert all(c.padding == (2, 2) for c in convs) and [p.kernel_size for p in pools] == [2, 2]
+    assert model(torch.randn(2, 1, 8, 8)).shape == (2, 10)
+    with pytest.raises(ValueError) as info:
+        build_model("lenet", (1, 8, 8), 10, padding=0, pools=(3, 2))
+    message = str(info.value)
+    assert message.startswith("lenet: 8x8 images are too small for model.padding=0 model.pools")
+    assert "\n" not in message
+
+
+def test_lenet_config_reaches_both_geometries() -> None:
+    cases = [((), LENET_MNIST), (("model.padding=2", "model.pools=[2,2]"), LENET_PADDED_MNIST)]
+    for overrides, expected in cases:
+        cfg = compose_config("model=lenet", "data=mnist5k", *overrides)
+        with torch.device("meta"):
+            model = build_model(cfg.model.name, (1, 28, 28), 10, **cfg.model.model_kwargs())
+        assert _num_parameters(model) == expected
+    with pytest.raises(ValueError, match=r"Invalid model.pools: \[3\] \(needs two sizes >= 1\)"):
+        compose_config("model=lenet", "model.pools=[3]")
 
 
 def test_the_image_networks_are_registered() -> None:
