@@ -1,6 +1,6 @@
-"""The flatness measures held to what is known exactly: a quadratic ``f(w) = (w - c)^T A (w - c) / 2``
-run through the same code path as a network (an nn.Module whose parameters are ``w``), and a small
-MLP against its dense Hessian."""
+"""The flatness measures held to what is known exactly: a quadratic
+``f(w) = (w - c)^T A (w - c) / 2`` run through the same code path as a network (an nn.Module whose
+parameters are ``w``), and a small MLP against its dense Hessian."""
 
 from __future__ import annotations
 
