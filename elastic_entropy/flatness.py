@@ -318,6 +318,9 @@ class LocalEntropy:
     grad_norm: float  # |grad f_gamma(x)| = gamma |x - <y>|
     local_entropy: float  # f_gamma(x), thermodynamic integration
     local_entropy_stderr: float  # its sampling error (the quadrature's is not included)
+    # 1 / (inner_lr gamma): the steps the slowest direction (curvature gamma) takes to relax;
+    # the averaged half of a chain should span several
+    relaxation_steps: float = math.nan
     nodes: list[float] = field(default_factory=list)
     node_losses: list[float] = field(default_factory=list)  # E_lambda[f] at the nodes
 
@@ -387,6 +390,7 @@ def local_entropy(
         grad_norm=gamma * float((x - full.mean_y).norm()),
         local_entropy=estimate,
         local_entropy_stderr=stderr,
+        relaxation_steps=1.0 / (inner_lr * gamma),
         nodes=[float(s) for s in nodes],
         node_losses=[c.mean_loss for c in at_nodes],
     )

@@ -38,6 +38,7 @@ from elastic_entropy.config.algorithm import (
     _InnerLoopConfig,
 )
 from elastic_entropy.config.cluster import CheckpointConfig, ClusterConfig
+from elastic_entropy.config.flatness import FlatnessConfig
 from elastic_entropy.config.logger import (
     SINKS,
     WANDB_MODES,
@@ -78,6 +79,7 @@ __all__ = [
     "DataParallelSGDConfig",
     "ElasticSGDConfig",
     "EntropySGDConfig",
+    "FlatnessConfig",
     "LRScheduleConfig",
     "LeNetConfig",
     "LocalSGDConfig",
@@ -110,6 +112,8 @@ class Config:
     cluster: ClusterConfig = MISSING
     logger: LoggerConfig = MISSING
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # how flat the final reference is, measured at the end (off by default: it costs epochs)
+    flatness: FlatnessConfig = field(default_factory=FlatnessConfig)
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-reproducible runs
     epochs: float = 20.0  # minibatches per replica = epochs x (training set / batch size)

@@ -74,6 +74,9 @@ RESUMABLE_CHANGES = (
     "cluster.replicas_per_process",
     "cluster.processes_per_node",
     "logger",  # where metrics go, not what is trained
+    # measured on the final reference, not trained: a run without it (an earlier version's
+    # checkpoint too) resumes with it on, or off
+    "flatness",
 )
 
 

@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
+from torch import Tensor
 
-from elastic_entropy import checkpoint
+from elastic_entropy import checkpoint, flatness
 from elastic_entropy.distributed import barrier, broadcast_object
 from elastic_entropy.training.checkpointer import plain_config
 from elastic_entropy.training.evaluation import final_evaluation
@@ -105,6 +107,8 @@ def finish(run: Run, wall_s: float) -> dict[str, Any]:
     }
     if run.info.is_main:
         torch.save(run.reference_model.state_dict(), run.run_dir / "reference.pt")
+        if run.cfg.flatness.enabled:
+            result["flatness"] = measure_flatness(run)
         _write_json(run.run_dir / "results.json", result)
         run.metrics.summary(_summary(result))
         if run.cfg.logger.plots:
@@ -112,15 +116,92 @@ def finish(run: Run, wall_s: float) -> dict[str, Any]:
     return result
 
 
+def _training_sample(run: Run) -> list[tuple[Tensor, Tensor]]:
+    """The first ``flatness.num_samples`` training points, in chunks, on the reference's device."""
+    cfg, data = run.cfg.flatness, run.data
+    device = next(run.reference_model.parameters()).device
+    if hasattr(data, "batches"):  # either input path: tensors, or a DataLoader's
+        chunks = data.batches("train", cfg.batch_size, cfg.num_samples)
+    else:
+        chunks = flatness.fixed_batches(data.x_train, data.y_train, cfg.num_samples, cfg.batch_size)
+    return [(x.to(device), y.to(device)) for x, y in chunks]
+
+
+def measure_flatness(run: Run) -> dict[str, Any]:
+    """:func:`elastic_entropy.flatness.measure` of the reference just evaluated (its BatchNorm
+    statistics fresh from the dry feed), on rank 0: the reference is the same on every rank.
+    Its cost is counted apart from the training time, as ``flatness.wall_s``."""
+    cfg = run.cfg.flatness
+    started = time.perf_counter()
+    found = flatness.measure(
+        run.reference_model,
+        _training_sample(run),
+        iterations=cfg.iterations,
+        tolerance=cfg.tolerance,
+        probes=cfg.probes,
+        radii=list(cfg.radii),
+        draws=cfg.draws,
+        gamma=cfg.gamma,
+        noise=cfg.noise,
+        num_inner_steps=cfg.num_inner_steps,
+        num_nodes=cfg.num_nodes,
+        seed=cfg.seed,
+    )
+    found["wall_s"] = time.perf_counter() - started
+    log.info(
+        "flatness of the reference: top eigenvalue %.4g, trace %.4g, in %.1f s",
+        found["top_eigenvalue"],
+        found["trace"],
+        found["wall_s"],
+    )
+    return found
+
+
 def _summary(result: dict[str, Any]) -> dict[str, float]:
     ref, comm = result["reference"], result["communication"]
     return {
+        **_flatness_summary(result.get("flatness")),
         **{f"final/reference_{k}": v for k, v in ref.items()},
         **{f"final/replica_{r['replica']}_test_acc": r["test_acc"] for r in result["replicas"]},
         "final/bytes_per_replica": comm["bytes_per_replica"],
         "final/dp_sgd_bytes_per_replica": comm["dp_sgd_bytes_per_replica"],
         "final/wall_s": result["wall_s"],
     }
+
+
+def _flatness_lines(found: dict[str, Any] | None) -> list[str]:
+    if found is None:
+        return []
+    rises = ", ".join(f"{r['radius']:g}: {r['mean']:.3g}" for r in found["rises"])
+    lines = [
+        "",
+        f"  flatness of the reference on {found['num_samples']} training samples: top Hessian "
+        f"eigenvalue {found['top_eigenvalue']:.4g}, trace {found['trace']:.4g} "
+        f"± {found['trace_stderr']:.2g}",
+        f"  loss rise at relative radius {rises}",
+    ]
+    if "local_entropy" in found:
+        entropy = found["local_entropy"]
+        lines.append(
+            f"  local entropy (gamma {entropy['gamma']:g}, noise {entropy['noise']:g}): "
+            f"f_gamma {entropy['local_entropy']:.4g} ± {entropy['local_entropy_stderr']:.2g} "
+            f"(f {entropy['loss']:.4g}, Gibbs mean loss {entropy['gibbs_loss']:.4g}, "
+            f"|grad f_gamma| {entropy['grad_norm']:.3g})"
+        )
+    return lines
+
+
+def _flatness_summary(found: dict[str, Any] | None) -> dict[str, float]:
+    if found is None:
+        return {}
+    summary = {
+        "final/flatness_top_eigenvalue": found["top_eigenvalue"],
+        "final/flatness_trace": found["trace"],
+        **{f"final/flatness_rise_{r['radius']:g}": r["mean"] for r in found["rises"]},
+    }
+    if "local_entropy" in found:
+        summary["final/flatness_local_entropy"] = found["local_entropy"]["local_entropy"]
+    return summary
 
 
 def _plot(run_dir: Path) -> None:
@@ -159,6 +240,7 @@ def format_table(result: dict[str, Any]) -> str:
     lines += [
         f"  {'replica ' + str(r['replica']):<14}{r['test_acc']:>10.4f}" for r in result["replicas"]
     ]
+    lines += _flatness_lines(result.get("flatness"))
     lines += [
         "",
         f"  communicated per replica: {_mb(comm['bytes_per_replica'])} in {comm['collectives']} "
