@@ -112,7 +112,7 @@ class Config:
     cluster: ClusterConfig = MISSING
     logger: LoggerConfig = MISSING
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    # how flat the final reference is, measured at the end (off by default: it costs epochs)
+    # how flat the final reference is, measured at the end (off by default: it costs more than the default job)
     flatness: FlatnessConfig = field(default_factory=FlatnessConfig)
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-reproducible runs

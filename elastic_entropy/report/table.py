@@ -6,6 +6,7 @@ import json
 import math
 import os
 from pathlib import Path
+from typing import Any
 
 from elastic_entropy.report.plots import plot_comparison, plot_run
 from elastic_entropy.report.runs import RunData
@@ -38,13 +39,36 @@ def summary_row(run: RunData) -> dict[str, str]:
         "vs DP-SGD": _fmt(sent / dp if sent is not None and dp else None, ".3f"),
         "comm wait s": _fmt(run.last("comm_wait_s"), ".2f"),
         "wall s": _fmt(results.get("wall_s", run.last("elapsed_s")), ".1f"),
+        **flatness_columns(results.get("flatness")),
     }
 
 
+def flatness_columns(found: dict[str, Any] | None) -> dict[str, str]:
+    """The reference's flatness (``flatness.enabled``): Hessian top eigenvalue and trace, the
+    loss's rise at each relative radius, the local entropy f_gamma and the Gibbs mean loss."""
+    if not found:
+        return {}
+    columns = {
+        "top eig.": _fmt(found.get("top_eigenvalue"), ".4g"),
+        "trace": _fmt(found.get("trace"), ".4g"),
+        **{f"rise r={r['radius']:g}": _fmt(r.get("mean"), ".3g") for r in found.get("rises", [])},
+    }
+    entropy = found.get("local_entropy")
+    if entropy:
+        columns["f_gamma"] = _fmt(entropy.get("local_entropy"), ".4g")
+        columns["Gibbs loss"] = _fmt(entropy.get("gibbs_loss"), ".4g")
+    return columns
+
+
 def markdown_table(rows: list[dict[str, str]]) -> str:
-    header = list(rows[0])
+    """Every column any row has, in order of first appearance; a row without one shows "–"
+    (a run measured without flatness beside one with it)."""
+    header = list(dict.fromkeys(k for row in rows for k in row))
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row[k].replace("|", "\\|") for k in header) + " |" for row in rows]
+    lines += [
+        "| " + " | ".join(row.get(k, "–").replace("|", "\\|") for k in header) + " |"
+        for row in rows
+    ]
     return "\n".join(lines)
 
 

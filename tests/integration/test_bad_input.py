@@ -172,7 +172,21 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
     (
         "unknown data policy",
         ["data.policy=random"],
-        "Invalid data.policy: 'random' (choose full or shard)",
+        "Invalid data.policy: 'random' (choose full, shard or frac)",
+        _none,
+    ),
+    (
+        "unknown input path",
+        ["data.pipeline=stream"],
+        "Invalid data.pipeline: 'stream' (choose one of auto, tensors, loader)",
+        _none,
+    ),
+    ("negative workers", ["data.num_workers=-1"], "Invalid data.num_workers: -1", _none),
+    ("no prefetch", ["data.prefetch_factor=0"], "Invalid data.prefetch_factor: 0", _none),
+    (
+        "CUDA graphs on loaders",
+        ["data.pipeline=loader", "cluster.cuda_graphs=on"],
+        "Invalid cluster.cuda_graphs: 'on' (the data is read through loaders",
         _none,
     ),
     (
@@ -366,6 +380,17 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
         "unclosed list",
         ["model.hidden=[1,"],
         "cannot parse the override model.hidden=[1, (",
+        _none,
+    ),
+    # flatness of the final reference: a count, a coupling, the radii, a temperature, a chain
+    ("no flatness samples", ["flatness.num_samples=0"], "Invalid flatness.num_samples: 0", _none),
+    ("zero flatness gamma", ["flatness.gamma=0"], "Invalid flatness.gamma: 0.0", _none),
+    ("no flatness radii", ["flatness.radii=[]"], "Invalid flatness.radii: [] (must be", _none),
+    ("negative flatness noise", ["flatness.noise=-1"], "Invalid flatness.noise: -1.0", _none),
+    (
+        "flatness chain of one step",
+        ["flatness.num_inner_steps=1"],
+        "Invalid flatness.num_inner_steps: 1 (must be 0 (no local entropy) or in [2, 100000]",
         _none,
     ),
 ]
