@@ -17,9 +17,10 @@ scoping, lr, schedule, noise, shards, n) at equal wall-clock, seed 0, then a gre
 
 Writes to benchmarks/results/: accuracy.json (one record per run: dataset, model, algorithm,
 num_replicas, budget, seed, test_acc, train_acc, wall_s, grad_evals_per_replica, plus val_acc,
-epochs and the settings), accuracy_summary.{md,json} (the tables), accuracy.png (the table as
-bars) and accuracy_signature.png (training error, distance to the reference, gamma and rho over
-time, Parle vs SGD).
+epochs, the settings and the reference's flatness: top_eigenvalue, hessian_trace, rise_R per
+relative radius R, local_entropy, gibbs_loss), accuracy_summary.{md,json} (the tables: accuracy,
+and flatness), accuracy.png (the table as bars) and accuracy_signature.png (training error,
+distance to the reference, gamma and rho over time, Parle vs SGD).
 """
 
 from __future__ import annotations
@@ -85,6 +86,8 @@ FACTORS: dict[str, list[str]] = {
     "shard": ["data.policy=shard"],
     "n=6": ["cluster.replicas_per_process=6"],
 }
+# the flatness of every compared model's reference (not of the tuning and search runs)
+FLATNESS = ["flatness.enabled=true"]
 COMMON = [
     "progress=false",
     "logger.plots=false",
@@ -141,12 +144,68 @@ class Bench:
                 "val_acc": result["reference"]["val_acc"],
                 "wall_s": result["wall_s"],
                 "grad_evals_per_replica": result["steps_per_replica"],
+                **flatness_fields(result),
                 **extra,
             }
         )
 
     def select(self, **match: Any) -> list[dict[str, Any]]:
         return [r for r in self.records if all(r.get(k) == v for k, v in match.items())]
+
+
+def flatness_fields(result: dict[str, Any]) -> dict[str, float]:
+    """The reference's flatness from results.json (runs with ``flatness.enabled``): top Hessian
+    eigenvalue, Hutchinson trace, the loss's mean rise per relative radius, the local entropy."""
+    found = result.get("flatness")
+    if not found:
+        return {}
+    fields = {
+        "top_eigenvalue": found["top_eigenvalue"],
+        "hessian_trace": found["trace"],
+        "flatness_loss": found["loss"],
+        **{f"rise_{r['radius']:g}": r["mean"] for r in found["rises"]},
+    }
+    entropy = found.get("local_entropy")
+    if entropy:
+        fields["local_entropy"] = entropy["local_entropy"]
+        fields["gibbs_loss"] = entropy["gibbs_loss"]
+        fields["local_entropy_grad_norm"] = entropy["grad_norm"]
+    return fields
+
+
+FLATNESS_COLUMNS = ("top_eigenvalue", "hessian_trace", "rise_0.05", "rise_0.1", "local_entropy")
+
+
+def flatness_table(bench: Bench, datasets: list[str], methods: list[str]) -> str:
+    """Mean ± std over seeds of each flatness measure, per dataset, method and budget."""
+    rows = [
+        "flatness of the reference on its training loss (1,024 samples), mean ± std over seeds: "
+        "top Hessian eigenvalue, Hessian trace, loss rise at relative radius r, local entropy "
+        "f_gamma (gamma 1)",
+        f"  {'dataset':<11}{'method':<20}{'budget':<7}"
+        + "".join(f"{name:>22}" for name in FLATNESS_COLUMNS),
+    ]
+    for dataset in datasets:
+        for budget in ("evals", "wall"):
+            for method in [*methods, "parle chosen on val"]:
+                chosen = [
+                    r
+                    for r in bench.select(dataset=dataset, algorithm=method, budget=budget)
+                    if "top_eigenvalue" in r
+                ]
+                if not chosen:
+                    continue
+                cells = []
+                for name in FLATNESS_COLUMNS:
+                    values = [r[name] for r in chosen if name in r]
+                    std = statistics.stdev(values) if len(values) > 1 else 0.0
+                    cells.append(
+                        f"{statistics.mean(values):>12.4g} ± {std:<7.2g}"
+                        if values
+                        else f"{'–':>22}"
+                    )
+                rows.append(f"  {dataset:<11}{method:<20}{budget:<7}" + "".join(cells))
+    return "\n".join(rows)
 
 
 def tune_sgd(bench: Bench, dataset: str, epochs: float, budget: str) -> list[str]:
@@ -166,7 +225,7 @@ def run_budget(
     """Every method on every seed; ``epochs`` per method (equal evals: all the same)."""
     tuned = tune_sgd(bench, dataset, epochs["sgd"], budget)
     for method in methods:
-        args = [*METHODS[method], *(tuned if method in TUNED else [])]
+        args = [*METHODS[method], *(tuned if method in TUNED else []), *FLATNESS]
         for seed in bench.seeds:
             name = f"{dataset} {budget} {method} {seed}"
             result = bench.run(name, dataset, args, epochs[method], seed)
@@ -238,7 +297,7 @@ def investigate(bench: Bench, dataset: str, epochs: dict[str, float]) -> dict[st
         )
     winner = max(rows, key=lambda row: row["val_acc"])["factor"]
     for seed in bench.seeds:
-        trial(winner, candidates[winner], seed, method="parle chosen on val")
+        trial(winner, [*candidates[winner], *FLATNESS], seed, method="parle chosen on val")
     return {"rows": rows, "greedy": kept, "chosen": winner, "settings": candidates[winner]}
 
 
@@ -346,6 +405,7 @@ def main() -> None:
             if dataset == "mnist1d":
                 found = investigate(bench, dataset, scaled)
         table, means = summary(bench, datasets, methods)
+        table += "\n\n" + flatness_table(bench, datasets, methods)
         if found is not None:
             table += "\n\n" + factor_table(found)
         first = datasets[0]
