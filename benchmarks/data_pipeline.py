@@ -7,9 +7,11 @@ Path (a), the app's: the training set held as one tensor on the device, a replic
 gathered by index (``torch.index_select``), then, with augmentation on, the papers' crops (4
 pixels of padding) and flips drawn on the device from the replica's own stream
 (``elastic_entropy.augment``).
-Beside it, torch's ``DataLoader`` over the same tensors with 0, 1 and 2 worker processes
-(``batch_size`` minibatches, shuffled, pinned memory on CUDA): what a loader-fed path costs per
-minibatch. Ratio line last: each path's minibatches per second over the plain gather's.
+Beside it, path (b), the app's ``data.pipeline=loader``: the same samples read one by one from a
+map-style data set by a ``DataLoader`` with 0, 1 and 2 worker processes, its indices dealt by the
+replica's sampler (``elastic_entropy.loaders.ReplicaLoaders``, pinned memory on CUDA): what a
+loader-fed path costs per minibatch. Ratio line last: each path's minibatches per second over
+the plain gather's.
 """
 
 from __future__ import annotations
@@ -20,11 +22,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
 from benchmarks.common import write_results
 from elastic_entropy.augment import Augmentation, augmentation_seeds
-from elastic_entropy.data import ReplicaSampler
+from elastic_entropy.data import DataSplits, ReplicaSampler
+from elastic_entropy.loaders import LoaderOptions, ReplicaLoaders, from_tensors
 
 
 def _rate(batches: Iterator[object], count: int, device: torch.device) -> float:
@@ -52,19 +54,15 @@ def _gathered(x: torch.Tensor, y: torch.Tensor, batch: int, augment: bool) -> It
 
 
 def _loaded(x: torch.Tensor, y: torch.Tensor, batch: int, workers: int) -> Iterator[object]:
-    loader = DataLoader(
-        TensorDataset(x, y),
-        batch_size=batch,
-        shuffle=True,
-        drop_last=True,
-        num_workers=workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=workers > 0,
-    )
+    """The app's loader path: a replica's ``ReplicaLoaders`` over the data set (here the same
+    tensors, on the CPU), its indices dealt by the replica's sampler."""
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    sampler = ReplicaSampler(len(y), batch, replica=0, num_replicas=1, seed=0)
+    options = LoaderOptions(num_workers=workers)
+    data = from_tensors(DataSplits(x, y, x[:1], y[:1], 10, tuple(x.shape[1:])), device, options)
+    loaders = ReplicaLoaders(data.train, [sampler], 10, device, options, [0])
     while True:
-        for images, labels in loader:
-            yield images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+        yield loaders(sampler.next(), 0)
 
 
 def main() -> None:

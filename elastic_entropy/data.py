@@ -20,7 +20,6 @@ hold-out, so the held-out images play no part in the statistics.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -43,27 +42,18 @@ from elastic_entropy.readers import (
     read_cifar_batch,
     read_mnist_split,
 )
+from elastic_entropy.splits import DataSplits
 
-__all__ = ["DataFileError", "DataNotFoundError", "DataSplits", "ReplicaSampler", "load_dataset"]
-
-
-@dataclass
-class DataSplits:
-    x_train: Tensor
-    y_train: Tensor
-    x_test: Tensor
-    y_test: Tensor
-    num_classes: int
-    input_shape: tuple[int, ...]  # one sample, e.g. (40,) or (1, 28, 28)
-    x_val: Tensor | None = None
-    y_val: Tensor | None = None
-
-    def to(self, device: torch.device) -> DataSplits:
-        moved = {
-            name: (value.to(device) if isinstance(value, Tensor) else value)
-            for name, value in vars(self).items()
-        }
-        return DataSplits(**moved)
+__all__ = [
+    "POLICIES",
+    "DataFileError",
+    "DataNotFoundError",
+    "DataSplits",
+    "ReplicaSampler",
+    "load_dataset",
+    "minibatches_per_pass",
+    "replica_indices",
+]
 
 
 def _standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -273,13 +263,75 @@ def _hold_out(splits: DataSplits, fraction: float, seed: int) -> DataSplits:
     return splits
 
 
+POLICIES = ("full", "shard", "frac")
+# the policies whose replicas' data depend on the number of replicas: an elastic resume that
+# changes it deals the data again
+REDEALT_POLICIES = frozenset({"shard", "frac"})
+
+
+def _fraction(order: Tensor, replica: int, num_replicas: int, frac: float) -> Tensor:
+    """The authors' cut (``get_loaders`` in pratikac/distributed-ensembles' loader.py): replica
+    ``i`` takes ``[int(N fs), int(N (fs + frac)))`` of the shuffled set, ``fs = i / n``, wrapping
+    past the end, so that fractions overlap when ``n frac > 1``."""
+    n = len(order)
+    start_fraction = (replica / num_replicas) % 1.0
+    start, end = int(n * start_fraction), int(n * (start_fraction + frac))
+    if end <= n:
+        return order[start:end]
+    return torch.cat([order[start:], order[: end % n]])
+
+
+def replica_indices(
+    num_samples: int,
+    *,
+    replica: int,
+    num_replicas: int,
+    policy: str = "full",
+    seed: int = 0,
+    frac: float | None = None,
+) -> Tensor:
+    """The training samples global replica ``replica`` of ``num_replicas`` draws from, sorted."""
+    if policy == "full":
+        return torch.arange(num_samples)
+    if policy not in POLICIES:
+        raise ValueError(f"Invalid data.policy: {policy!r} (choose {', '.join(POLICIES)})")
+    # one fixed shuffle of the whole set (the data seed's), cut the same way on every rank
+    order = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
+    if policy == "shard":
+        return torch.tensor_split(order, num_replicas)[replica].sort().values
+    if frac is None or not 0.0 < frac <= 1.0:
+        raise ValueError(f"Invalid data.frac: {frac!r} (data.policy=frac needs it in (0, 1])")
+    return _fraction(order, replica, num_replicas, frac).sort().values
+
+
+def minibatches_per_pass(
+    num_samples: int,
+    batch_size: int,
+    *,
+    num_replicas: int,
+    policy: str = "full",
+    frac: float | None = None,
+) -> int:
+    """``nb``: the minibatches of one pass over a replica's own data (global replica 0's, whose
+    fraction is ``int(N frac)`` and whose shard is the largest), at least 1. The authors' epoch
+    and scoping rate count in it."""
+    size = len(
+        replica_indices(
+            num_samples, replica=0, num_replicas=num_replicas, policy=policy, frac=frac
+        )
+    )
+    return max(1, size // batch_size)
+
+
 class ReplicaSampler:
     """Minibatch indices for one replica, from its own random stream.
 
     ``policy="full"``: the replica sees the whole training set in its own order (the papers);
     ``policy="shard"``: the replica sees only its disjoint ``1/n`` share (a fixed split of a fixed
-    shuffle). Epochs are reshuffled; the last partial batch of an epoch is dropped so that every
-    minibatch has ``batch_size`` samples.
+    shuffle); ``policy="frac"``: the authors' fractions, replica ``i`` the contiguous ``frac`` of
+    that shuffle from ``i / n`` on, wrapping (they overlap when ``n frac > 1``: n = 3 with 0.5,
+    n = 6 with 0.25). Epochs are reshuffled; the last partial batch of an epoch is dropped so that
+    every minibatch has ``batch_size`` samples.
     """
 
     def __init__(
@@ -291,20 +343,23 @@ class ReplicaSampler:
         num_replicas: int,
         policy: str = "full",
         seed: int = 0,
+        frac: float | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"Invalid data.batch_size: {batch_size} (must be >= 1)")
-        if policy == "full":
-            self.indices = torch.arange(num_samples)
-        elif policy == "shard":
-            split = torch.randperm(num_samples, generator=torch.Generator().manual_seed(seed))
-            self.indices = torch.tensor_split(split, num_replicas)[replica].sort().values
-        else:
-            raise ValueError(f"Invalid data.policy: {policy!r} (choose full or shard)")
+        self.indices = replica_indices(
+            num_samples,
+            replica=replica,
+            num_replicas=num_replicas,
+            policy=policy,
+            seed=seed,
+            frac=frac,
+        )
         if len(self.indices) < batch_size:
             raise ValueError(
                 f"replica {replica} gets {len(self.indices)} samples, fewer than data.batch_size="
-                f"{batch_size}; use fewer replicas, a smaller batch or data.policy=full"
+                f"{batch_size}; use fewer replicas, a larger data.frac, a smaller batch or "
+                "data.policy=full"
             )
         self.batch_size = batch_size
         self.generator = torch.Generator().manual_seed(seed * 7919 + replica + 1)

@@ -8,20 +8,29 @@
 
 A factory that takes ``input_shape`` or ``num_classes`` gets them from the data. A data set's
 samples are ``(input, label)`` pairs (tensors or numbers); they are read once into tensors on the
-device, where minibatches are taken by index (the path of the built-in data sets). Every mistake
-is one line naming the component and the fix.
+device, where minibatches are taken by index (the path of the built-in data sets), or, when they
+are too large to hold or ``data.pipeline=loader`` asks, read through a ``DataLoader`` per replica
+(:mod:`elastic_entropy.loaders`). Every mistake is one line naming the component and the fix.
 """
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from elastic_entropy.data import DataSplits
+from elastic_entropy.loaders import (
+    DatasetSplits,
+    LoaderOptions,
+    dataset_size,
+    num_classes_of,
+    sample_tensors,
+)
 
 
 def _callable(target: str, what: str) -> Callable[..., Any]:
@@ -102,44 +111,35 @@ def check_output(model: nn.Module, x: Tensor, num_classes: int) -> None:
 
 
 # ---------------------------------------------------------------------------- data sets
-def _as_tensor(value: Any, split: str, index: int, part: str) -> Tensor:
-    if isinstance(value, Tensor):
-        return value
-    if isinstance(value, (int, float)) or hasattr(value, "__array__"):
-        return torch.as_tensor(value)
-    raise ValueError(
-        f"data.{split}: sample {index} has a {part} of type {type(value).__name__}; a data set "
-        "must give (input, label) pairs of tensors, arrays or numbers"
-    )
+@dataclass(frozen=True)
+class TargetDatasets:
+    """Your data sets as built by their ``_target_`` (``val`` and ``test`` may be None)."""
+
+    train: Any
+    val: Any = None
+    test: Any = None
+
+
+def target_datasets(train: Any, val: Any, test: Any) -> TargetDatasets:
+    """The data sets named by ``data.train`` (and ``data.val``, ``data.test``), built and checked
+    to be map-style data sets whose first sample is an ``(input, label)`` pair."""
+    built = {}
+    for split, node in (("train", train), ("val", val), ("test", test)):
+        if node is not None:
+            dataset = instantiate(node, f"data.{split}")
+            dataset_size(dataset, split)
+            sample_tensors(dataset[0], split, 0)
+            built[split] = dataset
+    return TargetDatasets(**built)
 
 
 def _materialise(dataset: Any, split: str) -> tuple[Tensor, Tensor]:
     """Every sample of a map-style data set, stacked: inputs as float32, labels as int64."""
-    try:
-        size = len(dataset)
-    except TypeError:
-        raise ValueError(
-            f"data.{split} is a {type(dataset).__name__} without len(); give a map-style "
-            "torch.utils.data.Dataset (__len__ and __getitem__)"
-        ) from None
-    if size < 1:
-        raise ValueError(f"data.{split} is empty; give it at least one sample")
     inputs, labels = [], []
-    for index in range(size):
-        sample = dataset[index]
-        if not (isinstance(sample, (tuple, list)) and len(sample) == 2):
-            raise ValueError(
-                f"data.{split}: sample {index} is a {type(sample).__name__}, not an "
-                "(input, label) pair"
-            )
-        inputs.append(_as_tensor(sample[0], split, index, "input").float())
-        label = _as_tensor(sample[1], split, index, "label")
-        if label.numel() != 1 or label.is_floating_point():
-            raise ValueError(
-                f"data.{split}: sample {index} has the label {label.tolist()}; labels must be "
-                "one integer class index each"
-            )
-        labels.append(label.reshape(()).long())
+    for index in range(dataset_size(dataset, split)):
+        x, label = sample_tensors(dataset[index], split, index)
+        inputs.append(x)
+        labels.append(label)
     shapes = {tuple(x.shape) for x in inputs}
     if len(shapes) > 1:
         raise ValueError(
@@ -149,15 +149,15 @@ def _materialise(dataset: Any, split: str) -> tuple[Tensor, Tensor]:
     return torch.stack(inputs), torch.stack(labels)
 
 
-def target_splits(train: Any, val: Any, test: Any, num_classes: int | None) -> DataSplits:
-    """The data sets named by ``data.train`` (and ``data.val``, ``data.test``: without a test
-    set the validation set is reported as test, and without either the training set)."""
-    x_train, y_train = _materialise(instantiate(train, "data.train"), "train")
+def target_splits(sets: TargetDatasets, num_classes: int | None) -> DataSplits:
+    """Your data sets read once into tensors (without a test set the validation set is
+    reported as test, and without either the training set)."""
+    x_train, y_train = _materialise(sets.train, "train")
     x_val = y_val = None
-    if val is not None:
-        x_val, y_val = _materialise(instantiate(val, "data.val"), "val")
-    if test is not None:
-        x_test, y_test = _materialise(instantiate(test, "data.test"), "test")
+    if sets.val is not None:
+        x_val, y_val = _materialise(sets.val, "val")
+    if sets.test is not None:
+        x_test, y_test = _materialise(sets.test, "test")
     elif x_val is not None:
         x_test, y_test = x_val, y_val
     else:
@@ -179,4 +179,21 @@ def target_splits(train: Any, val: Any, test: Any, num_classes: int | None) -> D
         tuple(x_train.shape[1:]),
         x_val=x_val,
         y_val=y_val,
+    )
+
+
+def target_loaders(
+    sets: TargetDatasets, num_classes: int | None, device: torch.device, options: LoaderOptions
+) -> DatasetSplits:
+    """Your data sets read through loaders, never held whole (test as in :func:`target_splits`)."""
+    test = sets.test if sets.test is not None else sets.val
+    x, _ = sample_tensors(sets.train[0], "train", 0)
+    return DatasetSplits(
+        train=sets.train,
+        test=test if test is not None else sets.train,
+        num_classes=num_classes_of(sets.train, num_classes),
+        input_shape=tuple(x.shape),
+        device=device,
+        options=options,
+        val=sets.val,
     )

@@ -21,6 +21,7 @@ from omegaconf import MISSING
 
 from elastic_entropy.config._checks import (
     _non_negative,
+    _positive,
     _require,
     _seed,
     check_numbers,
@@ -112,18 +113,25 @@ class Config:
     cluster: ClusterConfig = MISSING
     logger: LoggerConfig = MISSING
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    # how flat the final reference is, measured at the end (off by default: it costs more than the default job)
+    # how flat the final reference is, measured at the end (off by default: it costs more
+    # than the default job)
     flatness: FlatnessConfig = field(default_factory=FlatnessConfig)
     seed: int = 0
     deterministic: bool = False  # torch.use_deterministic_algorithms: bitwise-reproducible runs
-    epochs: float = 20.0  # minibatches per replica = epochs x (training set / batch size)
+    # what epochs, eval_every and lr_schedule's milestones and warmup count (EPOCH_UNITS): pass,
+    # the training set's size in minibatches; nb_outer_steps, the authors' Entropy-SGD / Parle
+    # epoch: nb outer steps of L minibatches, nb = minibatches in one pass over a replica's data
+    epoch_unit: str = "pass"
+    epochs: float = 20.0  # minibatches per replica = epochs x (one epoch of epoch_unit)
     max_steps: int | None = None  # when set, replaces epochs (minibatches per replica)
     eval_every: float = 1.0  # epochs between evaluations of the reference
     lr_schedule: LRScheduleConfig = field(default_factory=LRScheduleConfig)
     progress: bool = True
-    # fp32, or bf16: the training forward under torch.autocast (parameters, gradients and the
-    # optimizer stay float32)
+    # fp32, bf16 or fp16: the training forward under torch.autocast (parameters, gradients and
+    # the optimizer stay float32); fp16 scales the loss (loss_scale: its initial value) and skips
+    # the steps whose gradients overflow
     precision: str = "fp32"
+    loss_scale: float = 65536.0
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):  # a YAML model of yours, no schema: its _target_
@@ -131,6 +139,12 @@ class Config:
         # the groups have checked their own keys by now; this walk catches what no rule names
         # (inf, nan, 1e300) before the plan turns it into an OverflowError or a hang
         check_numbers(self)
+        _require(
+            self.epoch_unit in EPOCH_UNITS,
+            "epoch_unit",
+            self.epoch_unit,
+            f"choose one of {', '.join(EPOCH_UNITS)}",
+        )
         _require(self.epochs > 0, "epochs", self.epochs, "must be > 0")
         if self.max_steps is not None:
             _require(self.max_steps >= 1, "max_steps", self.max_steps, "must be >= 1")
@@ -156,8 +170,9 @@ class Config:
             self.precision in PRECISIONS,
             "precision",
             self.precision,
-            f"choose one of {', '.join(PRECISIONS)} (fp16 with a gradient scaler is not there yet)",
+            f"choose one of {', '.join(PRECISIONS)}",
         )
+        _positive("loss_scale", self.loss_scale)
 
     @property
     def replicas_per_process(self) -> int:
@@ -219,7 +234,8 @@ GROUPS: dict[str, dict[str, Any]] = {
 }
 
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "fp16")
+EPOCH_UNITS = ("pass", "nb_outer_steps")
 
 # the YAML groups, linked into the package (elastic_entropy/configs -> configs/)
 CONFIG_MODULE = "elastic_entropy.configs"

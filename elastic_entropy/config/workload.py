@@ -150,12 +150,19 @@ class ResNet18Config(ModelConfig):
         _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "must be in [0, 1)")
 
 
+# minibatches gathered from tensors on the device, or read by DataLoaders (loaders.py)
+PIPELINES = ("auto", "tensors", "loader")
+
+
 @dataclass
 class DataConfig:
     name: str = MISSING
     batch_size: int = 64
     root: str = "data"  # local folder for mnist and cifar10; never downloaded
-    policy: str = "full"  # full: every replica sees all the data in its own order; shard: 1/n each
+    # full: every replica sees all the data in its own order; shard: a disjoint 1/n each; frac:
+    # the authors' contiguous fraction data.frac of one shuffle from i/n on (overlapping)
+    policy: str = "full"
+    frac: float | None = None  # data.policy=frac: each replica's fraction, in (0, 1]
     seed: int = 42  # the data set's own seed (MNIST-1D generation, splits), not the run's
     validation_fraction: float = 0.0
     # a fixed subset of the training set (after the validation split): data-scarce experiments
@@ -170,6 +177,13 @@ class DataConfig:
     # crops of the image padded by crop_padding zeros, and horizontal flips (the papers' CIFAR)
     crop_padding: int = 0
     flip: bool = False
+    # how minibatches reach the replicas (elastic_entropy.loaders): held on the device as
+    # tensors, or read by a DataLoader per replica; auto holds what fits
+    pipeline: str = "auto"
+    num_workers: int = 0  # the loader path's worker processes per replica
+    pin_memory: bool = True  # page-locked batches, on a CUDA device only
+    prefetch_factor: int = 2  # minibatches each worker reads ahead
+    persistent_workers: bool = True  # evaluation loaders keep their workers
 
     def __post_init__(self) -> None:
         _require(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be >= 1")
@@ -181,7 +195,34 @@ class DataConfig:
             "must be in (0, 1]",
         )
         _require(
-            self.policy in ("full", "shard"), "data.policy", self.policy, "choose full or shard"
+            self.policy in ("full", "shard", "frac"),
+            "data.policy",
+            self.policy,
+            "choose full, shard or frac",
+        )
+        if self.policy == "frac":
+            _require(
+                self.frac is not None and 0.0 < self.frac <= 1.0,
+                "data.frac",
+                self.frac,
+                "data.policy=frac needs each replica's fraction in (0, 1], e.g. data.frac=0.5",
+            )
+        else:
+            _require(
+                self.frac is None,
+                "data.frac",
+                self.frac,
+                f"is read only with data.policy=frac (here {self.policy}); set both",
+            )
+        _require(
+            self.pipeline in PIPELINES,
+            "data.pipeline",
+            self.pipeline,
+            f"choose one of {', '.join(PIPELINES)}",
+        )
+        _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be >= 0")
+        _require(
+            self.prefetch_factor >= 1, "data.prefetch_factor", self.prefetch_factor, "must be >= 1"
         )
         _require(
             0 <= self.crop_padding <= 64,

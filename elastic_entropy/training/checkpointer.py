@@ -18,6 +18,7 @@ from typing import Any, Protocol
 
 from elastic_entropy import checkpoint
 from elastic_entropy.config import Config
+from elastic_entropy.data import REDEALT_POLICIES
 from elastic_entropy.distributed import DistInfo, barrier, broadcast_object, gather_objects
 from elastic_entropy.training.relayout import PER_REPLICA, Change, Layout, relayout
 
@@ -70,6 +71,12 @@ RESUMABLE_CHANGES = (
     "checkpoint",
     "cluster.timeout_s",
     "cluster.cuda_graphs",  # how the passes are launched, not what they compute
+    # how minibatches are read: both input paths give the same ones (see loaders)
+    "data.pipeline",
+    "data.num_workers",
+    "data.pin_memory",
+    "data.prefetch_factor",
+    "data.persistent_workers",
     # the layout: a checkpoint resumes in another one (see relayout)
     "cluster.replicas_per_process",
     "cluster.processes_per_node",
@@ -81,7 +88,7 @@ RESUMABLE_CHANGES = (
 
 
 # components a checkpoint of an earlier version may lack (a run without them is the same run)
-OPTIONAL = ("augmentation",)
+OPTIONAL = ("augmentation", "loss_scale")
 
 
 def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -107,13 +114,32 @@ ADDED_KEYS: dict[str, Any] = {
     "lr_schedule.factors": [],
     "lr_schedule.warmup_epochs": 0.0,
     "precision": "fp32",
+    "loss_scale": 65536.0,
+    # the input path: earlier runs held their data as tensors (what auto does with theirs)
+    "data.pipeline": "auto",
+    "data.num_workers": 0,
+    "data.pin_memory": True,
+    "data.prefetch_factor": 2,
+    "data.persistent_workers": True,
+    # issue 14: the authors' schedules. Earlier runs started every replica from one
+    # initialisation, grew the couplings by e^0.5 per pass, counted epochs in passes and scaled an
+    # explicit inner_lr with lr; an Entropy-SGD run was Parle's inner loop
+    "algorithm.replica_init": "shared",
+    "algorithm.variant": "parle",
+    "scoping.rate_period": "pass",
+    "epoch_unit": "pass",
+    "lr_schedule.inner_lr": "follow",
+    "data.frac": None,
 }
 
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     if isinstance(saved.get("lr_schedule"), str):  # a name, before it became a group
         saved = {**saved, "lr_schedule": {"name": saved["lr_schedule"]}}
-    old, new = ADDED_KEYS | _flatten(saved), _flatten(current)
+    new = _flatten(current)
+    # a key one algorithm's schema added (algorithm.variant) is no key of another's
+    added = {key: value for key, value in ADDED_KEYS.items() if key in new}
+    old = added | _flatten(saved)
     changes = []
     for key in sorted(set(old) | set(new)):
         if any(key == k or key.startswith(k + ".") for k in RESUMABLE_CHANGES):
@@ -166,7 +192,7 @@ class Checkpointer:
         # an elastic resume: new replicas copy replica 0 (copies of one another) or start from
         # the reference; shards depend on the number of replicas
         self.new_replicas_copy = new_replicas_copy
-        self.reshards = cfg.data.policy == "shard"
+        self.reshards = cfg.data.policy in REDEALT_POLICIES
         self.change: Change | None = None  # set when the checkpoint resumed had another layout
         self.is_resume = cfg.checkpoint.resume
         self.keep_last = cfg.checkpoint.keep_last

@@ -8,6 +8,7 @@ recomputed on training data with dropout off: the papers' "dry feed", done by
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -22,19 +23,35 @@ BATCH_SIZE = 1024
 
 
 @torch.no_grad()
+def evaluate_batches(
+    model: nn.Module, batches: Iterable[tuple[Tensor, Tensor]]
+) -> dict[str, float]:
+    """Mean cross-entropy and accuracy of ``model`` (in eval mode) over ``batches``."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct, count = 0.0, 0, 0
+    for x, target in batches:
+        out = model(x)
+        loss_sum += nn.functional.cross_entropy(out, target, reduction="sum").item()
+        correct += (out.argmax(dim=1) == target).sum().item()
+        count += len(target)
+    model.train(was_training)
+    return {"loss": loss_sum / count, "acc": correct / count}
+
+
 def evaluate(
     model: nn.Module, x: Tensor, y: Tensor, batch_size: int = BATCH_SIZE
 ) -> dict[str, float]:
-    was_training = model.training
-    model.eval()
-    loss_sum, correct = 0.0, 0
-    for start in range(0, len(y), batch_size):
-        out = model(x[start : start + batch_size])
-        target = y[start : start + batch_size]
-        loss_sum += nn.functional.cross_entropy(out, target, reduction="sum").item()
-        correct += (out.argmax(dim=1) == target).sum().item()
-    model.train(was_training)
-    return {"loss": loss_sum / len(y), "acc": correct / len(y)}
+    """:func:`evaluate_batches` over tensors held whole."""
+    batches = ((x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, len(y), batch_size))
+    return evaluate_batches(model, batches)
+
+
+def evaluate_split(
+    run: Run, model: nn.Module, split: str, limit: int | None = None
+) -> dict[str, float]:
+    """``model`` on the data's ``split`` (its first ``limit`` samples), by either input path."""
+    return evaluate_batches(model, run.data.batches(split, BATCH_SIZE, limit))
 
 
 class _DropoutOff(nn.Module):
@@ -56,9 +73,9 @@ class _DropoutOff(nn.Module):
         return self.model(x)
 
 
-def recompute_batchnorm(model: nn.Module, x: Tensor, batch_size: int = BATCH_SIZE) -> None:
-    """Fresh BatchNorm statistics for averaged weights: a cumulative average over one pass."""
-    batches = [x[start : start + batch_size] for start in range(0, len(x), batch_size)]
+def recompute_batchnorm(model: nn.Module, batches: Iterable[Any]) -> None:
+    """Fresh BatchNorm statistics for averaged weights: a cumulative average over one pass of
+    ``batches`` (inputs, or ``(input, label)`` pairs)."""
     update_bn(batches, _DropoutOff(model))
     model.eval()
 
@@ -70,7 +87,7 @@ def load_reference(run: Run) -> nn.Module:
     with torch.no_grad():
         for p, ref in zip(model.parameters(), run.optimizer.reference()):
             p.copy_(ref)
-    recompute_batchnorm(model, run.data.x_train)
+    recompute_batchnorm(model, run.data.batches("train", BATCH_SIZE))
     return model
 
 
@@ -89,17 +106,16 @@ def _reference_distances(run: Run) -> list[float]:
     return distances
 
 
-def _splits(run: Run) -> dict[str, tuple[Tensor, Tensor]]:
-    """Test, validation when there is one, and a fixed sample of the training set as large as
-    the test split."""
+def _splits(run: Run) -> dict[str, int | None]:
+    """Test, validation when there is one, and the first samples of the training set, as many
+    as the test split has: each split's name and how many of its samples are evaluated."""
     data = run.data
-    num_train = min(len(data.y_train), len(data.y_test))
-    splits = {
-        "test": (data.x_test, data.y_test),
-        "train": (data.x_train[:num_train], data.y_train[:num_train]),
+    splits: dict[str, int | None] = {
+        "test": None,
+        "train": min(data.num_train, data.size("test")),
     }
-    if data.x_val is not None and data.y_val is not None:
-        splits["val"] = (data.x_val, data.y_val)
+    if data.has_val:
+        splits["val"] = None
     return splits
 
 
@@ -110,15 +126,15 @@ def eval_metrics(run: Run) -> dict[str, Any]:
     reference = load_reference(run)
     splits = _splits(run)
     record: dict[str, Any] = {}
-    for split, (x, y) in splits.items():
+    for split, limit in splits.items():
         if run.info.is_main:  # the same reference on every rank: one of them evaluates it
-            result = evaluate(reference, x, y)
+            result = evaluate_split(run, reference, split, limit)
             record[f"reference/{split}_loss"] = result["loss"]
             record[f"reference/{split}_acc"] = result["acc"]
     held = "val" if "val" in splits else "test"
     distances = _reference_distances(run)
     scores = (
-        [evaluate(model, *splits[held]) for model in run.models]
+        [evaluate_split(run, model, held, splits[held]) for model in run.models]
         if run.cfg.logger.eval_replicas
         else []
     )
@@ -136,16 +152,11 @@ def eval_metrics(run: Run) -> dict[str, Any]:
 def final_evaluation(run: Run) -> tuple[dict[str, dict[str, float]], list[tuple[int, float]]]:
     """The reference on the whole test and training sets (and validation), and every replica of
     the job's test accuracy as ``(global replica, acc)``, gathered to rank 0."""
-    data = run.data
     reference_model = load_reference(run)
-    reference = {
-        "test": evaluate(reference_model, data.x_test, data.y_test),
-        "train": evaluate(reference_model, data.x_train, data.y_train),
-    }
-    if data.x_val is not None and data.y_val is not None:
-        reference["val"] = evaluate(reference_model, data.x_val, data.y_val)
+    splits = ["test", "train", "val"] if run.data.has_val else ["test", "train"]
+    reference = {split: evaluate_split(run, reference_model, split) for split in splits}
     local = [
-        (run.comm.replica_offset + a, evaluate(m, data.x_test, data.y_test)["acc"])
+        (run.comm.replica_offset + a, evaluate_split(run, m, "test")["acc"])
         for a, m in enumerate(run.models)
     ]
     replicas = [item for part in gather_objects(local, run.info) for item in part]

@@ -43,6 +43,7 @@ def train(cfg: Config, run_dir: Path, overrides: tuple[str, ...] = ()) -> dict[s
                 result = finish(run, fit(run, stop))
             finally:
                 run.metrics.close()
+                run.close()
             if info.is_main:
                 print(format_table(result), flush=True)
         except BaseException as error:
@@ -72,12 +73,16 @@ def fit(run: Run, stop: StopSignals) -> float:
     counters.start_clock()
     since = (counters.step, counters.wall_s_before)
     try:
-        for step in range(counters.step + 1, plan.total_steps + 1):
+        while counters.step < plan.total_steps:
+            step = counters.step + 1
             is_train = step % (run.cfg.logger.every_outer_steps * plan.steps_per_exchange) == 0
             is_train = is_train or step == plan.total_steps
             if is_train:
                 run.optimizer.request_diagnostics()  # measured in this step's outer step
-            counters.window.append(train_step(run))
+            stats = train_step(run)
+            if stats is None:  # an fp16 step skipped: it does not count (see loss_scale)
+                continue
+            counters.window.append(stats)
             counters.step = step
             log_quarantine(run)
             is_eval = step % plan.eval_interval == 0 or step == plan.total_steps
@@ -126,19 +131,34 @@ def _progress_bar(run: Run) -> Progress:
     return Progress(run.plan.total_steps, run.counters.step, enabled, desc)
 
 
-def train_step(run: Run) -> Tensor:
+def train_step(run: Run) -> Tensor | None:
     """One minibatch for every replica of this process, then one optimizer step.
 
     Returns each replica's minibatch loss and accuracy, ``[2, replicas]``, left on the device so
-    that nothing waits for them until a metrics record is written.
+    that nothing waits for them until a metrics record is written; None when ``precision=fp16``
+    found a gradient that overflowed on some rank, and the whole job skipped the step.
     """
     _schedule_learning_rates(run)
     indices = [sampler.next() for sampler in run.samplers]
     passes = run.graphed if run.graphed is not None else run.passes
     stats = passes(indices)
-    run.optimizer.step()
+    is_stepping = _unscaled(run)
+    if is_stepping:
+        run.optimizer.step()
     run.optimizer.zero_grad()
-    return stats
+    return stats if is_stepping else None
+
+
+def _unscaled(run: Run) -> bool:
+    """Under fp16: the gradients unscaled, and whether every rank's are finite (one decision
+    for the job, so that its replicas stay in step); True otherwise."""
+    if run.loss_scale is None:
+        return True
+    params = [p for group in run.optimizer.param_groups for p in group["params"]]
+    overflowed = run.loss_scale.unscale(params).reshape(1).to(run.info.device)
+    is_finite = not any_rank(overflowed, run.info)
+    run.loss_scale.update(is_finite)
+    return is_finite
 
 
 def _schedule_learning_rates(run: Run) -> None:
@@ -148,12 +168,14 @@ def _schedule_learning_rates(run: Run) -> None:
     if schedule.name == "constant" and schedule.warmup_epochs == 0.0:
         return
     plan = run.plan
-    factor = schedule.factor(run.optimizer.num_steps, plan.total_steps, plan.steps_per_epoch)
-    inner_lr = getattr(run.cfg.algorithm, "inner_lr", None)
+    factor = schedule.factor(run.optimizer.num_steps, plan.total_steps, plan.steps_per_epoch_unit)
+    lr = run.cfg.algorithm.lr
+    has_inner_loop = hasattr(run.cfg.algorithm, "inner_lr")
+    inner_lr = schedule.inner_lr_at(getattr(run.cfg.algorithm, "inner_lr", None), lr, factor)
     for group in run.optimizer.param_groups:
-        group["lr"] = run.cfg.algorithm.lr * factor
-        if inner_lr is not None:
-            group["inner_lr"] = inner_lr * factor
+        group["lr"] = lr * factor
+        if has_inner_loop and inner_lr is not None:
+            group["inner_lr"] = inner_lr
 
 
 def log_record(

@@ -67,6 +67,8 @@ def base_metrics(run: Run, wall_s: float, since: tuple[int, float]) -> dict[str,
         "elapsed_s": wall_s,
         "samples_per_s": samples / max(wall_s - since[1], 1e-9),
     }
+    if run.loss_scale is not None:  # precision=fp16: the scale now, and the steps it skipped
+        record |= run.loss_scale.metrics()
     return record
 
 

@@ -13,25 +13,28 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from elastic_entropy.training.loss_scale import LossScale
+
 # a replica's minibatch and its local index -> the minibatch augmented (crops, flips)
 Augment = Callable[[Tensor, int], Tensor]
 
 
-def forward_backward(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-    """One replica's training pass: backward of its cross-entropy; ``[loss, accuracy]``."""
+def forward_backward(model: nn.Module, x: Tensor, y: Tensor, scale: float = 1.0) -> Tensor:
+    """One replica's training pass: backward of its cross-entropy (times ``scale``, the fp16
+    loss scale); ``[loss, accuracy]``."""
     out = model(x)
     loss = nn.functional.cross_entropy(out, y)
-    loss.backward()
+    (loss * scale if scale != 1.0 else loss).backward()
     return torch.stack([loss.detach(), (out.detach().argmax(dim=1) == y).float().mean()])
 
 
-PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Autocast(nn.Module):
-    """``model``'s forward under ``torch.autocast`` (bf16 matmuls and convolutions), its logits
-    back in float32 for the loss; the parameters, their gradients and the optimizer stay float32
-    (the flat buffers are not touched)."""
+    """``model``'s forward under ``torch.autocast`` (bf16 or fp16 matmuls and convolutions), its
+    logits back in float32 for the loss; the parameters, their gradients and the optimizer stay
+    float32 (the flat buffers are not touched)."""
 
     def __init__(self, model: nn.Module, dtype: torch.dtype) -> None:
         super().__init__()
@@ -104,32 +107,58 @@ class ReplicaRandomness:
             self._set(saved)
 
 
+# a replica's minibatch indices and its local index -> the minibatch (x, y) on the device
+Source = Callable[[Tensor, int], tuple[Tensor, Tensor]]
+
+
+class TensorBatches:
+    """Minibatches gathered by index from the training set held on the device (the tensors
+    path; :class:`elastic_entropy.loaders.ReplicaLoaders` is the loader path)."""
+
+    def __init__(self, x_train: Tensor, y_train: Tensor) -> None:
+        self.x_train, self.y_train = x_train, y_train
+
+    def __call__(self, index: Tensor, replica: int) -> tuple[Tensor, Tensor]:
+        # index_select, not x[index]: the same copy, 15x faster on CPUs for image batches
+        index = index.to(self.x_train.device)
+        x = torch.index_select(self.x_train, 0, index)
+        return x, torch.index_select(self.y_train, 0, index)
+
+    def close(self) -> None:
+        """Nothing to stop."""
+
+
 class PlainPasses:
-    """Every replica's pass, one after another, on fresh minibatch tensors."""
+    """Every replica's pass, one after another, on fresh minibatch tensors from ``source``."""
 
     def __init__(
         self,
         models: list[nn.Module],
-        x_train: Tensor,
-        y_train: Tensor,
+        source: Source,
         randomness: ReplicaRandomness,
         augment: Augment | None = None,
+        loss_scale: LossScale | None = None,
     ) -> None:
         self.models = models  # what the forward runs: the replicas, or DDP around them
-        self.x_train, self.y_train = x_train, y_train
+        self.source = source
+        self.loss_scale = loss_scale  # precision=fp16
         self.randomness = randomness
         self.augment = augment  # training minibatches only: never evaluation or the BN refresh
 
     def __call__(self, indices: list[Tensor]) -> Tensor:
         """``[2, replicas]``: each replica's minibatch loss and accuracy."""
         stats = []
+        scale = 1.0 if self.loss_scale is None else self.loss_scale.scale
         for a, model in enumerate(self.models):
-            # index_select, not x[index]: the same copy, 15x faster on CPUs for image batches
-            index = indices[a].to(self.x_train.device)
-            x = torch.index_select(self.x_train, 0, index)
-            y = torch.index_select(self.y_train, 0, index)
+            x, y = self.source(indices[a], a)
             if self.augment is not None:
                 x = self.augment(x, a)
             with self.randomness.use(a):  # dropout masks are drawn in forward; backward none
-                stats.append(forward_backward(model, x, y))
+                stats.append(forward_backward(model, x, y, scale))
         return torch.stack(stats, dim=1)
+
+    def close(self) -> None:
+        """Stop the source's workers, if it has any."""
+        close = getattr(self.source, "close", None)
+        if close is not None:
+            close()

@@ -22,15 +22,23 @@ from elastic_entropy import footprint
 from elastic_entropy.augment import Augmentation, augmentation_seeds
 from elastic_entropy.comm import Communicator, make_communicator, wrap_data_parallel
 from elastic_entropy.config import Config, TargetModelConfig
-from elastic_entropy.data import DataSplits, ReplicaSampler, load_dataset
+from elastic_entropy.data import DataSplits, ReplicaSampler, minibatches_per_pass
 from elastic_entropy.distributed import DistInfo, broadcast_object, seed_everything
+from elastic_entropy.loaders import (
+    DatasetSplits,
+)
 from elastic_entropy.loggers import RunLogger
 from elastic_entropy.models import build_model
 from elastic_entropy.optim import Parle
-from elastic_entropy.targets import build_target_model, check_output, target_splits
+from elastic_entropy.targets import (
+    build_target_model,
+    check_output,
+)
 from elastic_entropy.training.algorithms import ALGORITHMS, build_optimizer
 from elastic_entropy.training.checkpointer import Checkpointer, Each, ProcessRandomness
-from elastic_entropy.training.graphs import GraphedPasses, graphed_passes
+from elastic_entropy.training.graphs import GraphedPasses
+from elastic_entropy.training.inputs import batch_source, build_data, graphed_for
+from elastic_entropy.training.loss_scale import LossScale
 from elastic_entropy.training.passes import (
     PlainPasses,
     ReplicaRandomness,
@@ -48,22 +56,42 @@ class Plan:
     total_steps: int
     eval_interval: int
     steps_per_exchange: int  # minibatches per outer step
-    outer_steps_per_epoch: int
+    outer_steps_per_epoch: int  # outer steps per pass (steps_per_epoch // steps_per_exchange)
     gradient_bytes: int = 0  # one replica's gradient: what data-parallel SGD sends per step
+    nb: int = 1  # minibatches in one pass over a replica's own data (its fraction or shard)
+    # minibatches in one epoch of cfg.epoch_unit: what epochs, eval_every and the lr schedule count
+    steps_per_epoch_unit: int = 1
+    rate_period: int = 1  # outer steps over which a null scoping rate grows by e^0.5
 
 
-def make_plan(cfg: Config, num_train: int) -> Plan:
+def make_plan(cfg: Config, num_train: int, num_replicas: int | None = None) -> Plan:
+    """The plan of a job of ``num_replicas`` replicas (``None``: one process's) on ``num_train``
+    samples. ``steps_per_epoch`` is a pass over the training set (what metrics and results
+    count epochs in); ``nb`` is a pass over one replica's own data, the authors' unit."""
     steps_per_epoch = max(1, num_train // cfg.data.batch_size)
+    nb = minibatches_per_pass(
+        num_train,
+        cfg.data.batch_size,
+        num_replicas=cfg.replicas_per_process if num_replicas is None else num_replicas,
+        policy=cfg.data.policy,
+        frac=cfg.data.frac,
+    )
     period = cfg.algorithm.steps_per_exchange()
-    wanted = cfg.max_steps if cfg.max_steps is not None else math.ceil(cfg.epochs * steps_per_epoch)
+    outer_steps_per_epoch = max(1, steps_per_epoch // period)
+    # the authors' epoch: nb outer steps of L minibatches each (L passes over a replica's data)
+    unit = steps_per_epoch if cfg.epoch_unit == "pass" else nb * period
+    wanted = cfg.max_steps if cfg.max_steps is not None else math.ceil(cfg.epochs * unit)
     # end on an outer-step boundary, where the live parameters are the anchors
     total = math.ceil(wanted / period) * period
     return Plan(
         steps_per_epoch=steps_per_epoch,
         total_steps=total,
-        eval_interval=max(1, round(cfg.eval_every * steps_per_epoch)),
+        eval_interval=max(1, round(cfg.eval_every * unit)),
         steps_per_exchange=period,
-        outer_steps_per_epoch=max(1, steps_per_epoch // period),
+        outer_steps_per_epoch=outer_steps_per_epoch,
+        nb=nb,
+        steps_per_epoch_unit=unit,
+        rate_period=nb if cfg.scoping.rate_period == "nb_outer_steps" else outer_steps_per_epoch,
     )
 
 
@@ -104,7 +132,7 @@ class Run:
     cfg: Config
     info: DistInfo
     run_dir: Path
-    data: DataSplits
+    data: DataSplits | DatasetSplits  # held as tensors, or read by loaders
     models: list[nn.Module]
     reference_model: nn.Module
     optimizer: Parle
@@ -118,11 +146,17 @@ class Run:
     passes: PlainPasses
     checkpointer: Checkpointer
     graphed: GraphedPasses | None = None  # cluster.cuda_graphs, when taken
+    loss_scale: LossScale | None = None  # precision=fp16
     overrides: tuple[str, ...] = ()  # the command line, as Hydra parsed it
 
     @property
     def replicas_per_process(self) -> int:
         return len(self.models)
+
+    def close(self) -> None:
+        """Stop the data's loader workers, if any (the loader path)."""
+        self.passes.close()
+        self.data.close()
 
 
 def check_run_dir(run_dir: Path, cfg_resume: bool = True) -> RunLock | str:
@@ -180,43 +214,48 @@ def _set_determinism(cfg: Config) -> None:
         torch.use_deterministic_algorithms(True)
 
 
-def _model(cfg: Config, data: DataSplits) -> nn.Module:
+def _model(cfg: Config, data: DataSplits | DatasetSplits) -> nn.Module:
     """The network named by ``model`` (or your ``_target_``), checked on two samples."""
     if isinstance(cfg.model, TargetModelConfig):
         model = build_target_model(cfg.model.node(), data.input_shape, data.num_classes)
     else:
         options = cfg.model.model_kwargs()
         model = build_model(cfg.model.name, data.input_shape, data.num_classes, **options)
-    check_output(model, data.x_train, data.num_classes)
+    check_output(model, data.head(2), data.num_classes)
     return model
 
 
-def _data(cfg: Config) -> DataSplits:
-    """The data set named by ``data`` (or your ``data.train`` / ``val`` / ``test``)."""
-    if cfg.data.train is not None:
-        return target_splits(cfg.data.train, cfg.data.val, cfg.data.test, cfg.data.num_classes)
-    return load_dataset(
-        cfg.data.name,
-        cfg.data.root,
-        cfg.data.seed,
-        cfg.data.validation_fraction,
-        cfg.data.train_fraction,
-    )
+def init_seed(seed: int, global_replica: int) -> int:
+    """The seed of global replica ``global_replica``'s own initialisation (replica_init=
+    independent): a stream of its own, the same in any layout."""
+    return seed * 1_000_003 + 41 + global_replica
 
 
-def _replicas(cfg: Config, data: DataSplits, device: torch.device) -> list[nn.Module]:
-    """The replicas of this process from one initialisation (the same seed on every rank)."""
+def _replicas(cfg: Config, data: DataSplits, info: DistInfo) -> list[nn.Module]:
+    """The replicas of this process: each from its own initialisation, seeded by its global
+    index (``algorithm.replica_init=independent``, the authors'), or all from one (``shared``:
+    the same seed on every rank). The global generators are left as one shared start leaves
+    them, so that what is drawn after (data, dropout) does not depend on the choice."""
+    per = cfg.replicas_per_process
     first = _model(cfg, data)
     # before the copies: a layout that cannot fit stops in one line, not in the OOM killer
-    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if device.type == "cpu" else 1
+    processes = int(os.environ.get("LOCAL_WORLD_SIZE", "1")) if info.device.type == "cpu" else 1
     footprint.check_fits(
         sum(p.numel() for p in first.parameters()),
-        cfg.replicas_per_process,
-        footprint.available_bytes(device),
+        per,
+        footprint.available_bytes(info.device),
         processes,
     )
-    first.to(device)
-    return [first] + [copy.deepcopy(first) for _ in range(cfg.replicas_per_process - 1)]
+    if cfg.algorithm.replica_init == "shared":
+        first.to(info.device)
+        return [first] + [copy.deepcopy(first) for _ in range(per - 1)]
+    after_shared = torch.random.get_rng_state()
+    models = []
+    for a in range(per):
+        torch.manual_seed(init_seed(cfg.seed, info.rank * per + a))
+        models.append(_model(cfg, data).to(info.device))
+    torch.random.set_rng_state(after_shared)
+    return models
 
 
 def _samplers(cfg: Config, num_train: int, offset: int, num_replicas: int) -> list[ReplicaSampler]:
@@ -228,6 +267,7 @@ def _samplers(cfg: Config, num_train: int, offset: int, num_replicas: int) -> li
             num_replicas=num_replicas,
             policy=cfg.data.policy,
             seed=cfg.seed,
+            frac=cfg.data.frac,
         )
         for a in range(cfg.replicas_per_process)
     ]
@@ -236,14 +276,14 @@ def _samplers(cfg: Config, num_train: int, offset: int, num_replicas: int) -> li
 def build_run(cfg: Config, info: DistInfo, run_dir: Path, overrides: tuple[str, ...] = ()) -> Run:
     _set_determinism(cfg)
     replicas = cfg.replicas_per_process
-    data = _data(cfg).to(info.device)
-    plan = make_plan(cfg, len(data.y_train))
-    models = _replicas(cfg, data, info.device)
+    data = build_data(cfg, info.device)
+    plan = make_plan(cfg, data.num_train, replicas * info.world_size)
+    models = _replicas(cfg, data, info)
     reference_model = copy.deepcopy(models[0])
     comm = make_communicator(
         info, replicas, cfg.cluster.processes_per_node, cfg.cluster.inter_node_period
     )
-    optimizer = build_optimizer(cfg, models, comm, plan.outer_steps_per_epoch)
+    optimizer = build_optimizer(cfg, models, comm, plan.rate_period)
     first = next(models[0].parameters())
     plan = replace(plan, gradient_bytes=optimizer.num_params_per_replica * first.element_size())
     offset = comm.replica_offset
@@ -266,17 +306,10 @@ def build_run(cfg: Config, info: DistInfo, run_dir: Path, overrides: tuple[str, 
         # the same parameter objects, and its averaged gradients land in the optimizer's views
         forward_models = [wrap_data_parallel(models[0], info, comm.stats)]
     forward_models = with_precision(forward_models, cfg.precision)
-    batch = cfg.data.batch_size
-    graphed = graphed_passes(
-        cfg.cluster.cuda_graphs,
-        with_precision(models, cfg.precision),
-        data.x_train,
-        data.y_train,
-        batch,
-        has_hooks=randomness.enabled or is_wrapped,
-        augment=augment,
+    graphed = graphed_for(
+        cfg, data, with_precision(models, cfg.precision), randomness.enabled or is_wrapped, augment
     )
-    samplers = _samplers(cfg, len(data.y_train), offset, replicas * info.world_size)
+    samplers = _samplers(cfg, data.num_train, offset, replicas * info.world_size)
     metrics = RunLogger(cfg.logger, run_dir, info.is_main)
     counters = Counters(info.device)
     # what must survive a restart, each saving and restoring its own state
@@ -291,6 +324,9 @@ def build_run(cfg: Config, info: DistInfo, run_dir: Path, overrides: tuple[str, 
         "progress": counters,
         "logger": metrics,
     }
+    loss_scale = LossScale(cfg.loss_scale) if cfg.precision == "fp16" else None
+    if loss_scale is not None:
+        components["loss_scale"] = loss_scale
     checkpointer = Checkpointer(
         run_dir,
         info,
@@ -301,6 +337,7 @@ def build_run(cfg: Config, info: DistInfo, run_dir: Path, overrides: tuple[str, 
         total_steps=plan.total_steps,
         new_replicas_copy=ALGORITHMS[cfg.algorithm.name].replicas_are_copies,
     )
+    source = batch_source(cfg, data, samplers, offset)
     return Run(
         cfg=cfg,
         info=info,
@@ -315,8 +352,9 @@ def build_run(cfg: Config, info: DistInfo, run_dir: Path, overrides: tuple[str, 
         plan=plan,
         metrics=metrics,
         counters=counters,
-        passes=PlainPasses(forward_models, data.x_train, data.y_train, randomness, augment),
+        passes=PlainPasses(forward_models, source, randomness, augment, loss_scale),
         checkpointer=checkpointer,
         graphed=graphed,
+        loss_scale=loss_scale,
         overrides=overrides,
     )

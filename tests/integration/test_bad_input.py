@@ -172,7 +172,28 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
     (
         "unknown data policy",
         ["data.policy=random"],
-        "Invalid data.policy: 'random' (choose full or shard)",
+        "Invalid data.policy: 'random' (choose full, shard or frac)",
+        _none,
+    ),
+    ("zero loss scale", ["precision=fp16", "loss_scale=0"], "Invalid loss_scale: 0.0", _none),
+    (
+        "CUDA graphs under fp16",
+        ["precision=fp16", "cluster.cuda_graphs=on"],
+        "Invalid cluster.cuda_graphs: 'on' (precision=fp16 scales the loss",
+        _none,
+    ),
+    (
+        "unknown input path",
+        ["data.pipeline=stream"],
+        "Invalid data.pipeline: 'stream' (choose one of auto, tensors, loader)",
+        _none,
+    ),
+    ("negative workers", ["data.num_workers=-1"], "Invalid data.num_workers: -1", _none),
+    ("no prefetch", ["data.prefetch_factor=0"], "Invalid data.prefetch_factor: 0", _none),
+    (
+        "CUDA graphs on loaders",
+        ["data.pipeline=loader", "cluster.cuda_graphs=on"],
+        "Invalid cluster.cuda_graphs: 'on' (the data is read through loaders",
         _none,
     ),
     (
@@ -377,6 +398,63 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
         "flatness chain of one step",
         ["flatness.num_inner_steps=1"],
         "Invalid flatness.num_inner_steps: 1 (must be 0 (no local entropy) or in [2, 100000]",
+        _none,
+    ),
+    # issue 14's keys: replica initialisation, the authors' fractions, units, schedules, variant
+    (
+        "unknown replica init",
+        ["algorithm.replica_init=copies"],
+        "Invalid algorithm.replica_init: 'copies' (choose one of independent, shared)",
+        _none,
+    ),
+    (
+        "data-parallel replicas of their own",
+        ["algorithm=dp_sgd", "algorithm.replica_init=independent"],
+        "algorithm=dp_sgd keeps its replicas copies of one another",
+        _none,
+    ),
+    (
+        "frac policy without a fraction",
+        ["data.policy=frac"],
+        "Invalid data.frac: None (data.policy=frac needs each replica's fraction in (0, 1]",
+        _none,
+    ),
+    ("fraction above one", ["data.policy=frac", "data.frac=1.5"], "Invalid data.frac: 1.5", _none),
+    ("fraction zero", ["data.policy=frac", "data.frac=0"], "Invalid data.frac: 0.0", _none),
+    (
+        "fraction without its policy",
+        ["data.frac=0.5"],
+        "Invalid data.frac: 0.5 (is read only with data.policy=frac (here full); set both)",
+        _none,
+    ),
+    (
+        "fraction smaller than a batch",
+        ["data.policy=frac", "data.frac=0.01"],
+        "replica 0 gets 40 samples, fewer than data.batch_size=64",
+        _none,
+    ),
+    (
+        "unknown epoch unit",
+        ["epoch_unit=parle"],
+        "Invalid epoch_unit: 'parle' (choose one of pass, nb_outer_steps)",
+        _none,
+    ),
+    (
+        "unknown scoping period",
+        ["scoping.rate_period=epoch"],
+        "Invalid scoping.rate_period: 'epoch' (choose one of nb_outer_steps, pass)",
+        _none,
+    ),
+    (
+        "unknown inner lr schedule",
+        ["lr_schedule.inner_lr=frozen"],
+        "Invalid lr_schedule.inner_lr: 'frozen' (choose one of follow, fixed)",
+        _none,
+    ),
+    (
+        "unknown Entropy-SGD variant",
+        ["algorithm=entropy_sgd", "algorithm.variant=lua"],
+        "Invalid algorithm.variant: 'lua' (choose one of parle, iclr2017)",
         _none,
     ),
 ]

@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 from tests.conftest import REPO, cli_env
 
@@ -86,7 +87,10 @@ def _run(folder: Path, *args: str) -> subprocess.CompletedProcess:
 
 # the README's command, run as it is written, from the user's folder
 README_COMMAND = "PYTHONPATH=. elastic-entropy --config-dir conf model=tiny data=blobs"
-TESTED = {README_COMMAND}
+LOADER_COMMAND = (
+    f"{README_COMMAND} data.pipeline=loader data.num_workers=2 data.num_classes=3"
+)
+TESTED = {README_COMMAND, LOADER_COMMAND}
 
 
 def test_your_model_and_data_from_your_config_folder(user_folder: Path) -> None:
@@ -106,6 +110,29 @@ def test_your_model_and_data_from_your_config_folder(user_folder: Path) -> None:
     assert "my_components.make_net" in saved and "my_components.Blobs" in saved
 
 
+def test_your_data_set_read_through_loaders_trains_as_when_held(user_folder: Path) -> None:
+    """``data.pipeline=loader``: a DataLoader per replica with its workers reads your data set;
+    the minibatches, and so the reference, are those of the data held as tensors."""
+    job = ["max_steps=40", "deterministic=true", "progress=false"]
+    for name, command in (("held", README_COMMAND), ("loaded", LOADER_COMMAND)):
+        done = subprocess.run(
+            ["bash", "-c", f"{command} {' '.join(job)} hydra.run.dir={name}"],
+            cwd=user_folder,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    held, loaded = (
+        torch.load(user_folder / name / "reference.pt", weights_only=True)
+        for name in ("held", "loaded")
+    )
+    assert held.keys() == loaded.keys() and all(torch.equal(held[k], loaded[k]) for k in held)
+    result = json.loads((user_folder / "loaded" / "results.json").read_text())
+    assert result["reference"]["test_acc"] > 0.6
+
+
 BAD = [
     ("target that does not import", ["model._target_=nope.make"], "cannot import it (No module"),
     (
@@ -120,6 +147,11 @@ BAD = [
         "data.train: sample 0 has a input of type str",
     ),
     ("custom data without a train set", ["data=custom"], "data=custom reads your data set"),
+    (
+        "loaders without the class count",
+        ["data.pipeline=loader"],
+        "data.num_classes is needed when your data set is read through loaders",
+    ),
     (
         "unknown option of yours",
         ["model=tinyy"],

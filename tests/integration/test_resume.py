@@ -154,9 +154,10 @@ def test_silent_peer_fails_within_the_timeout_and_a_restart_resumes(tmp_path: Pa
     assert "resumed from step" in resumed.stdout
 
 
-def test_augmented_images_resume_bitwise(tmp_path: Path) -> None:
+def test_augmented_images_resume_bitwise_on_both_input_paths(tmp_path: Path) -> None:
     """Crops and flips drawn on the device from each replica's stream: a preempted run augments
-    on as the uninterrupted one (the streams are in the checkpoint), and augmentation is on."""
+    on as the uninterrupted one (the streams are in the checkpoint), and augmentation is on; the
+    loader path gives the same minibatches, and resumes exactly after a SIGKILL."""
     job = [
         "max_steps=200",
         "data=digits",
@@ -186,6 +187,19 @@ def test_augmented_images_resume_bitwise(tmp_path: Path) -> None:
     assert done.returncode == 0 and "resumed from step" in out, err[-2000:]
     assert _references_equal(tmp_path / "full", run)
     assert not _references_equal(tmp_path / "full", tmp_path / "plain")
+    # the loader path, its workers reading ahead, SIGKILLed after a checkpoint: the minibatches
+    # of the tensors path, and from the checkpoint on those of the uninterrupted run
+    loaded = [*augmented, "data.pipeline=loader", "data.num_workers=2", "data.prefetch_factor=4"]
+    run = tmp_path / "loader"
+    proc = _cli([*loaded, f"hydra.run.dir={run}"], tmp_path)
+    _wait_for_checkpoint(run, 40, proc, timeout=120)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert not (run / "results.json").exists()
+    done = _cli([*loaded, f"hydra.run.dir={run}"], tmp_path)
+    out, err = done.communicate(timeout=180)
+    assert done.returncode == 0 and "resumed from step" in out, err[-2000:]
+    assert _references_equal(tmp_path / "full", run)
 
 
 def test_a_finished_run_extended_with_a_larger_budget_goes_on_bitwise(tmp_path: Path) -> None:
@@ -212,3 +226,45 @@ def test_a_finished_run_extended_with_a_larger_budget_goes_on_bitwise(tmp_path: 
     first = json.loads((run / "results.step-20.json").read_text())
     assert first["steps_per_replica"] == 20 and (run / "reference.step-20.pt").is_file()
     assert json.loads((run / "results.json").read_text())["steps_per_replica"] == 40
+
+
+def test_fp16_skips_overflowing_steps_without_counting_them_and_resumes_bitwise(
+    tmp_path: Path,
+) -> None:
+    """precision=fp16 from a loss scale that overflows: the first steps are skipped and the
+    scale halves until the gradients are finite; a skipped step counts nowhere (the run still
+    takes max_steps optimizer steps, one exchange per L of them), and the scale resumes with
+    the checkpoint: a run preempted and resumed ends with the uninterrupted run's bits."""
+    job = [
+        "max_steps=100",
+        "precision=fp16",
+        "loss_scale=1e8",
+        "cluster.replicas_per_process=2",
+        "algorithm.num_inner_steps=5",
+        "checkpoint.every_outer_steps=2",
+        "model.channels=8",
+        "deterministic=true",
+        "progress=false",
+        "eval_every=100",
+    ]
+    done = _cli([*job, f"hydra.run.dir={tmp_path / 'full'}"], tmp_path)
+    _, err = done.communicate(timeout=180)
+    assert done.returncode == 0, err[-2000:]
+    records = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").open()]
+    scaled = [r for r in records if "loss_scale" in r]
+    assert scaled[0]["skipped_steps"] >= 5 and scaled[0]["loss_scale"] < 1e8 / 16
+    result = json.loads((tmp_path / "full" / "results.json").read_text())
+    assert result["steps_per_replica"] == 100
+    # the optimizer's exchanges: one per 5 steps taken, none for the skipped minibatches
+    before_end = [r for r in scaled if r["step"] < 100]
+    assert [r["collectives"] for r in before_end] == [r["step"] // 5 for r in before_end]
+    run = tmp_path / "cut"
+    proc = _cli([*job, f"hydra.run.dir={run}"], tmp_path)
+    _wait_for_checkpoint(run, 20, proc, timeout=120)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, err[-2000:]
+    done = _cli([*job, f"hydra.run.dir={run}"], tmp_path)
+    out, err = done.communicate(timeout=180)
+    assert done.returncode == 0 and "resumed from step" in out, err[-2000:]
+    assert _references_equal(tmp_path / "full", run)
