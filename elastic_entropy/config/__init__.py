@@ -132,6 +132,10 @@ class Config:
     # the steps whose gradients overflow
     precision: str = "fp32"
     loss_scale: float = 65536.0
+    # how the training forward runs, not what it computes: image minibatches in the NHWC layout,
+    # and the forward through torch.compile (eager, with one warning, where it cannot compile)
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.model, dict):  # a YAML model of yours, no schema: its _target_

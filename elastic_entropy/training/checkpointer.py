@@ -71,6 +71,9 @@ RESUMABLE_CHANGES = (
     "checkpoint",
     "cluster.timeout_s",
     "cluster.cuda_graphs",  # how the passes are launched, not what they compute
+    # how the forward runs (the same function, another layout or compiled kernels)
+    "channels_last",
+    "compile",
     # how minibatches are read: both input paths give the same ones (see loaders)
     "data.pipeline",
     "data.num_workers",
@@ -115,6 +118,8 @@ ADDED_KEYS: dict[str, Any] = {
     "lr_schedule.warmup_epochs": 0.0,
     "precision": "fp32",
     "loss_scale": 65536.0,
+    "channels_last": False,
+    "compile": False,
     # the input path: earlier runs held their data as tensors (what auto does with theirs)
     "data.pipeline": "auto",
     "data.num_workers": 0,

@@ -85,6 +85,14 @@ def graphed_for(
 ) -> GraphedPasses | None:
     """The CUDA-graph passes, when ``cluster.cuda_graphs`` asks and the data is held as
     tensors (a graph replays fixed input buffers filled by index)."""
+    if cfg.compile:
+        # the compiled forward runs in the plain passes; a graph would capture the eager one
+        if cfg.cluster.cuda_graphs == "on":
+            raise ValueError(
+                "Invalid cluster.cuda_graphs: 'on' (compile=true compiles the forward instead); "
+                "choose one of compile=true or cluster.cuda_graphs=on"
+            )
+        return None
     if cfg.precision == "fp16":
         # the loss scale changes between steps; a graph would replay the one it was taken with
         if cfg.cluster.cuda_graphs == "on":

@@ -36,6 +36,7 @@ from elastic_entropy.targets import (
 )
 from elastic_entropy.training.algorithms import ALGORITHMS, build_optimizer
 from elastic_entropy.training.checkpointer import Checkpointer, Each, ProcessRandomness
+from elastic_entropy.training.forward import check_layout, with_compile, with_layout
 from elastic_entropy.training.graphs import GraphedPasses
 from elastic_entropy.training.inputs import batch_source, build_data, graphed_for
 from elastic_entropy.training.loss_scale import LossScale
@@ -305,9 +306,15 @@ def build_run(cfg: Config, info: DistInfo, run_dir: Path, overrides: tuple[str, 
         # after the optimizer has moved the parameters into its flat buffer: DDP keeps hooks on
         # the same parameter objects, and its averaged gradients land in the optimizer's views
         forward_models = [wrap_data_parallel(models[0], info, comm.stats)]
+    check_layout(cfg.channels_last, data.input_shape)
     forward_models = with_precision(forward_models, cfg.precision)
+    forward_models = with_compile(with_layout(forward_models, cfg.channels_last), cfg.compile)
     graphed = graphed_for(
-        cfg, data, with_precision(models, cfg.precision), randomness.enabled or is_wrapped, augment
+        cfg,
+        data,
+        with_layout(with_precision(models, cfg.precision), cfg.channels_last),
+        randomness.enabled or is_wrapped,
+        augment,
     )
     samplers = _samplers(cfg, data.num_train, offset, replicas * info.world_size)
     metrics = RunLogger(cfg.logger, run_dir, info.is_main)

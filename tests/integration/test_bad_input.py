@@ -183,6 +183,12 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
         _none,
     ),
     (
+        "CUDA graphs under compile",
+        ["compile=true", "cluster.cuda_graphs=on"],
+        "Invalid cluster.cuda_graphs: 'on' (compile=true compiles the forward instead)",
+        _none,
+    ),
+    (
         "unknown input path",
         ["data.pipeline=stream"],
         "Invalid data.pipeline: 'stream' (choose one of auto, tensors, loader)",
