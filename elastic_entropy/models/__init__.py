@@ -7,6 +7,7 @@ by its config name; a factory given data of the wrong rank raises a one-line Val
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,8 @@ from elastic_entropy.models._layers import dropout_or_nothing, require_image
 from elastic_entropy.models.allcnn import allcnn
 from elastic_entropy.models.resnet import resnet18
 from elastic_entropy.models.wrn import wrn
+
+log = logging.getLogger(__name__)
 
 
 def _norm1d(channels: int, batchnorm: bool) -> nn.Module:
@@ -116,6 +119,15 @@ def _lenet_geometry(
     if not fits(chosen_padding, chosen_pools) and (padding is None or pools is None):
         chosen_padding = SMALL_IMAGE_PADDING if padding is None else padding
         chosen_pools = SMALL_IMAGE_POOLS if pools is None else pools
+        # said, not silent: the network is then not the authors'
+        log.warning(
+            "model=lenet: %dx%d images are too small for the authors' LeNet (valid convs, pools "
+            "3 and 2); using model.padding=%d model.pools=[%d,%d]",
+            height,
+            width,
+            chosen_padding,
+            *chosen_pools,
+        )
     if not fits(chosen_padding, chosen_pools):
         raise ValueError(
             f"lenet: {height}x{width} images are too small for model.padding={chosen_padding} "
