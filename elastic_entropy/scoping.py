@@ -3,8 +3,15 @@
 Couplings are stored as *strengths that grow*: ``gamma_t = min(initial * (1 + rate)^t, max_value)``
 with ``t`` counted in outer steps. In Deep Relaxation units the variance (time of the PDE) is
 ``1 / gamma``, so a growing coupling is a shrinking smoothing: the relaxed problem returns to the
-original one as training goes on. The papers' default growth is ``rate = 0.5 / B`` per outer step,
-with ``B`` outer steps per epoch (a factor of about ``e^0.5`` per epoch).
+original one as training goes on.
+
+The authors' default growth (``DistESGD`` in pratikac/distributed-ensembles, ``parle_mpi.py``) is
+``rate = 0.5 / nb`` per outer step, with ``nb`` the minibatches in ONE PASS over a replica's own
+data (its fraction or shard, under ``data.policy=frac`` or ``shard``): their training epoch loops
+``nb`` outer steps of ``L`` minibatches each, so the couplings grow by about ``e^0.5`` per ``L``
+passes over the data, not per pass. :func:`papers_rate` is that rate; the app takes it when
+``scoping.gamma_rate`` / ``rho_rate`` are null (``scoping.rate_period=nb_outer_steps``, the
+default; ``pass`` is the rate of runs made before that key: ``e^0.5`` per pass, ``L`` times faster).
 
 The original PyTorch port of Entropy-SGD never advanced its counter, so its scoping was a silent
 no-op; here the optimizer calls :meth:`Schedule.step` once per outer step and the tests check it.
@@ -90,8 +97,9 @@ def exponential(initial: float, rate: float, max_value: float = math.inf) -> Sch
     return Schedule(initial, rate, max_value)
 
 
-def papers_rate(outer_steps_per_epoch: int) -> float:
-    """The papers' growth rate ``0.5 / B`` for ``B`` outer steps per epoch."""
-    if outer_steps_per_epoch < 1:
-        raise ValueError(f"Invalid outer_steps_per_epoch: {outer_steps_per_epoch} (must be >= 1)")
-    return 0.5 / outer_steps_per_epoch
+def papers_rate(nb: int) -> float:
+    """The authors' growth rate ``0.5 / nb`` per outer step, ``nb`` the minibatches in one pass over
+    a replica's own data: a factor of about ``e^0.5`` every ``nb`` outer steps (their epoch)."""
+    if nb < 1:
+        raise ValueError(f"Invalid nb: {nb} (minibatches per pass over a replica's data, >= 1)")
+    return 0.5 / nb

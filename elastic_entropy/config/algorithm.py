@@ -11,6 +11,14 @@ from omegaconf import MISSING
 from elastic_entropy.config._checks import _non_negative, _require
 from elastic_entropy.defaults import NUM_INNER_STEPS
 
+# how the replicas start: each from its own random initialisation (the authors': n models, or seed
+# 42 + rank), keyed by its global index so that any layout gives the same bits; or all from one
+REPLICA_INITS = ("independent", "shared")
+# the unit in which scoping's null rate grows the couplings by about e^0.5 (scoping.py)
+RATE_PERIODS = ("nb_outer_steps", "pass")
+# Entropy-SGD's update: Parle's inner loop with rho = 0, or the Entropy-SGD authors' own
+ENTROPY_SGD_VARIANTS = ("parle", "iclr2017")
+
 
 @dataclass
 class AlgorithmConfig:
@@ -19,8 +27,11 @@ class AlgorithmConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 0.0
+    replica_init: str = "independent"  # one of REPLICA_INITS; read by the run, not the optimizer
     # replicas per process when cluster.replicas_per_process is left unset
     DEFAULT_REPLICAS: ClassVar[int] = 1
+    # the keys that are not the optimizer's arguments
+    RUN_KEYS: ClassVar[tuple[str, ...]] = ("name", "replica_init")
 
     def __post_init__(self) -> None:
         _non_negative("algorithm.lr", self.lr)
@@ -28,14 +39,20 @@ class AlgorithmConfig:
             0.0 <= self.momentum < 1.0, "algorithm.momentum", self.momentum, "must be in [0, 1)"
         )
         _non_negative("algorithm.weight_decay", self.weight_decay)
+        _require(
+            self.replica_init in REPLICA_INITS,
+            "algorithm.replica_init",
+            self.replica_init,
+            f"choose one of {', '.join(REPLICA_INITS)}",
+        )
 
     def steps_per_exchange(self) -> int:
         """Minibatches per outer step (one exchange between replicas): 1 without an inner loop."""
         return max(1, getattr(self, "num_inner_steps", 1))
 
     def optimizer_kwargs(self) -> dict[str, Any]:
-        """Everything but ``name``: the keys are the optimizer's argument names."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "name"}
+        """Everything but ``RUN_KEYS``: the keys are the optimizer's argument names."""
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.RUN_KEYS}
 
 
 @dataclass
@@ -78,6 +95,18 @@ class EntropySGDConfig(_InnerLoopConfig):
     name: str = "entropy_sgd"
     lr: float = 1.0  # Entropy-SGD's outer lr absorbs 1/gamma: 1 in the papers
     inner_lr: float | None = 0.1
+    # parle: Parle's inner loop with rho = 0; iclr2017: the Entropy-SGD authors' update (inner
+    # momentum reset every outer step, coupling and noise added after it, weight decay outside too)
+    variant: str = "parle"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(
+            self.variant in ENTROPY_SGD_VARIANTS,
+            "algorithm.variant",
+            self.variant,
+            f"choose one of {', '.join(ENTROPY_SGD_VARIANTS)}",
+        )
 
 
 @dataclass
@@ -96,12 +125,28 @@ class SGDConfig(AlgorithmConfig):
     name: str = "sgd"
 
 
+def _shared_only(config: AlgorithmConfig) -> None:
+    """Replicas that take the same steps must start as copies of one another."""
+    _require(
+        config.replica_init == "shared",
+        "algorithm.replica_init",
+        config.replica_init,
+        f"algorithm={config.name} keeps its replicas copies of one another: they start from one "
+        "initialisation, algorithm.replica_init=shared",
+    )
+
+
 @dataclass
 class DataParallelSGDConfig(AlgorithmConfig):
     """The baseline: every replica's gradient averaged every minibatch (batch = n x B)."""
 
     name: str = "dp_sgd"
+    replica_init: str = "shared"
     DEFAULT_REPLICAS: ClassVar[int] = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _shared_only(self)
 
 
 @dataclass
@@ -110,6 +155,11 @@ class DDPConfig(AlgorithmConfig):
     backward (start N processes with torchrun for N workers)."""
 
     name: str = "ddp"
+    replica_init: str = "shared"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _shared_only(self)
 
 
 @dataclass
@@ -135,17 +185,28 @@ class LocalSGDConfig(AlgorithmConfig):
 
 @dataclass
 class ScopingConfig:
-    """``coupling_t = min(initial (1 + rate)^t, max)`` per outer step; ``rate: null`` is the
-    papers' ``0.5 / B`` with ``B`` outer steps per epoch."""
+    """``coupling_t = min(initial (1 + rate)^t, max)`` per outer step ``t``. ``rate: null`` grows
+    the coupling by about ``e^0.5`` per ``rate_period``: ``nb_outer_steps`` is the authors' rate
+    ``0.5 / nb``, ``nb`` the minibatches in one pass over a replica's own data (its fraction or
+    shard), i.e. ``e^0.5`` per ``L`` passes; ``pass`` is ``0.5 / (passes' minibatches // L)``,
+    ``e^0.5`` per pass over the training set, ``L`` times faster: what runs made before this key
+    ran."""
 
     name: str = "exponential"
     gamma_rate: float | None = None
     gamma_max: float = 1.0
     rho_rate: float | None = None
     rho_max: float = 10.0
+    rate_period: str = "nb_outer_steps"
     UNBOUNDED: ClassVar[tuple[str, ...]] = ("gamma_max", "rho_max")  # inf: no cap
 
     def __post_init__(self) -> None:
+        _require(
+            self.rate_period in RATE_PERIODS,
+            "scoping.rate_period",
+            self.rate_period,
+            f"choose one of {', '.join(RATE_PERIODS)}",
+        )
         for key in ("gamma_rate", "rho_rate"):
             value = getattr(self, key)
             if value is not None:

@@ -35,6 +35,7 @@ class ElasticSGD(Parle):
         weight_decay: float = 0.0,
         rho_schedule: Schedule | None = None,
         comm: Communicator | None = None,
+        same_init: bool = True,
     ) -> None:
         super().__init__(
             params,
@@ -47,4 +48,5 @@ class ElasticSGD(Parle):
             weight_decay=weight_decay,
             rho_schedule=rho_schedule,
             comm=comm,
+            same_init=same_init,
         )

@@ -51,12 +51,22 @@ def inner_step(
     nesterov: bool,
     weight_decay: float,
     gamma: float,
+    couple_after_momentum: bool = False,
 ) -> None:
     """``g = grad + wd y + gamma (y - x)``; ``v = m v + g``; ``y -= lr' (g + m v)``.
 
     Memory traffic is what a step costs, so terms are folded into as few passes as the algebra
     allows: ``(wd + gamma) y - gamma x`` in two, ``m v + g`` in one.
+
+    ``couple_after_momentum``: the Entropy-SGD authors' order (ucla-vision/entropy-sgd,
+    ``python/optim.py``): momentum acts on ``g = grad + wd y`` alone and the coupling joins after
+    it, ``y -= lr' (g + m v + gamma (y - x))``.
     """
+    if couple_after_momentum:
+        _inner_step_coupled_after(
+            ys, grads, xs, vs, scratch, lr, momentum, nesterov, weight_decay, gamma
+        )
+        return
     for y, grad, x, v, s in zip(ys, grads, xs, vs, scratch):
         if weight_decay + gamma != 0.0:
             torch.add(grad, y, alpha=weight_decay + gamma, out=s)
@@ -72,6 +82,35 @@ def inner_step(
             y.add_(s.add_(v, alpha=momentum), alpha=-lr)
         else:
             y.add_(v, alpha=-lr)
+
+
+def _inner_step_coupled_after(
+    ys: Sequence[Tensor],
+    grads: Sequence[Tensor],
+    xs: Sequence[Tensor],
+    vs: Sequence[Tensor],
+    scratch: Sequence[Tensor],
+    lr: float,
+    momentum: float,
+    nesterov: bool,
+    weight_decay: float,
+    gamma: float,
+) -> None:
+    """``g = grad + wd y``; ``v = m v + g``; ``y -= lr' ((g + m v) + gamma (y - x))``."""
+    for y, grad, x, v, s in zip(ys, grads, xs, vs, scratch):
+        if weight_decay != 0.0:
+            torch.add(grad, y, alpha=weight_decay, out=s)
+        else:
+            s.copy_(grad)
+        if momentum != 0.0:
+            torch.add(s, v, alpha=momentum, out=v)
+            if nesterov:
+                s.add_(v, alpha=momentum)
+            else:
+                s.copy_(v)
+        if gamma != 0.0:
+            s.add_(y, alpha=gamma).sub_(x, alpha=gamma)
+        y.add_(s, alpha=-lr)
 
 
 def add_noise(ys: Sequence[Tensor], noises: Sequence[Tensor], *, lr: float, noise: float) -> None:
@@ -98,14 +137,18 @@ def outer_step(
     momentum: float,
     nesterov: bool,
     rho: float,
+    weight_decay: float = 0.0,
 ) -> None:
     """``d = (x - z) + rho (x - r)``; ``u = m u + d``; ``x -= lr (d + m u)``.
 
     ``r`` (broadcast over the replica rows) is the mean over all replicas of ``z``; ``None`` when
-    ``rho`` is zero, where it is not needed.
+    ``rho`` is zero, where it is not needed. ``weight_decay`` adds ``wd x`` to ``d`` (the
+    Entropy-SGD authors' outer step does; Parle's does not).
     """
     for x, z, u, r, s in zip(xs, zs, us, rs, scratch):
         torch.sub(x, z, out=s)
+        if weight_decay != 0.0:
+            s.add_(x, alpha=weight_decay)
         if rho != 0.0:
             assert r is not None
             s.add_(x, alpha=rho).sub_(r, alpha=rho)

@@ -6,6 +6,8 @@ that moment, and at each step sets ``inner_lr = given * (lr / lr_then)``. Settin
 ``group["inner_lr"]`` yourself (as the app's cosine schedule does, for both rates) starts from the
 new value. While ``lr`` has not moved, ``inner_lr`` is left exactly as given (no ``x * (y / y)``
 rounding). The record lives in the group, so ``state_dict`` carries it and a resume is exact.
+``Parle(inner_lr_follows_lr=False)`` does without it: ``inner_lr`` stays as given while ``lr``
+moves, as the authors' ``llr`` did (the app's ``lr_schedule.inner_lr=fixed``).
 """
 
 from __future__ import annotations

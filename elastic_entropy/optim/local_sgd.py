@@ -36,6 +36,7 @@ class LocalSGD(SGD):
         nesterov: bool = True,
         weight_decay: float = 0.0,
         comm: Communicator | None = None,
+        same_init: bool = True,
     ) -> None:
         if not isinstance(num_local_steps, int) or num_local_steps < 1:
             raise ValueError(
@@ -48,6 +49,7 @@ class LocalSGD(SGD):
             nesterov=nesterov,
             weight_decay=weight_decay,
             comm=comm,
+            same_init=same_init,
         )
         self.num_local_steps = num_local_steps
 

@@ -71,9 +71,12 @@ class Parle(Optimizer):
     ``same_init=True`` (the default) makes every process start from the first process's replicas,
     as DDP does (one broadcast when the optimizer is built, collective on every process); the
     replicas of one process are left as given: load one ``state_dict`` into them. ``False`` lets
-    the processes' replicas start where each was built. An explicit ``inner_lr`` follows ``lr``:
+    the processes' replicas start where each was built (each its own initialisation, as the
+    authors started theirs); either way the anchors, their averages and the reference start at
+    the replicas' parameters, ``xbar = mean_a x^a``. An explicit ``inner_lr`` follows ``lr``:
     when an LR scheduler moves ``lr``, the next :meth:`step` scales ``group["inner_lr"]`` by as
-    much (see :mod:`~elastic_entropy.optim.inner_lr`).
+    much (see :mod:`~elastic_entropy.optim.inner_lr`); ``inner_lr_follows_lr=False`` leaves it
+    where it is (the authors' ``llr`` stayed at 0.1 while their lr dropped).
 
     Example::
 
@@ -81,6 +84,11 @@ class Parle(Optimizer):
         loss_fn(model(x), y).backward(); opt.step(); opt.zero_grad()
         torch.nn.utils.vector_to_parameters(torch.cat([t.flatten() for t in opt.reference()]), ...)
     """
+
+    # the Entropy-SGD authors' variant of the inner and outer steps (see EntropySGD)
+    _couple_after_momentum = False  # the coupling joins after the inner momentum
+    _resets_inner_momentum = False  # the inner momentum restarts from 0 every outer step
+    _outer_weight_decay = False  # the outer step adds wd x too
 
     def __init__(
         self,
@@ -102,6 +110,7 @@ class Parle(Optimizer):
         seed: int | None = None,
         overlap: bool = False,
         same_init: bool = True,
+        inner_lr_follows_lr: bool = True,
     ) -> None:
         checks.check_steps_and_couplings(num_inner_steps, gamma, rho)
         defaults = {
@@ -116,6 +125,7 @@ class Parle(Optimizer):
         }
         super().__init__(params, defaults)
         follow_lr(self.param_groups)  # remember each explicit inner_lr against its lr
+        self.inner_lr_follows_lr = inner_lr_follows_lr
         self.num_inner_steps = num_inner_steps
         is_noisy = any(g["noise"] > 0.0 for g in self.param_groups)
         checks.check_noise(num_inner_steps, is_noisy)
@@ -206,7 +216,8 @@ class Parle(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        follow_lr(self.param_groups)  # an LR scheduler may have moved lr since the last step
+        if self.inner_lr_follows_lr:
+            follow_lr(self.param_groups)  # an LR scheduler may have moved lr since the last step
         self.buffers.gather_grads()
         if self.num_inner_steps == 0:
             self.consensus.quarantine(self.exchange(), self.num_steps + 1)
@@ -241,6 +252,7 @@ class Parle(Optimizer):
                 nesterov=group["nesterov"],
                 weight_decay=group["weight_decay"],
                 gamma=gamma,
+                couple_after_momentum=self._couple_after_momentum,
             )
             if group["noise"] > 0.0:
                 assert storage.noise is not None
@@ -262,10 +274,13 @@ class Parle(Optimizer):
                 momentum=group["momentum"],
                 nesterov=group["nesterov"],
                 rho=rho,
+                weight_decay=group["weight_decay"] if self._outer_weight_decay else 0.0,
             )
         for storage in self.buffers.storages.values():
             storage.live.copy_(storage.state["anchor"])
             storage.state["ema"].copy_(storage.state["anchor"])
+            if self._resets_inner_momentum:
+                storage.state["inner_momentum"].zero_()
         self.consensus.quarantine(valid_global, self.num_steps + 1)
 
     # ------------------------------------------------------------------ the exchange hook

@@ -31,6 +31,7 @@ class SGD(Parle):
         nesterov: bool = True,
         weight_decay: float = 0.0,
         comm: Communicator | None = None,
+        same_init: bool = True,
     ) -> None:
         super().__init__(
             params,
@@ -42,4 +43,5 @@ class SGD(Parle):
             rho=0.0,
             weight_decay=weight_decay,
             comm=comm,
+            same_init=same_init,
         )

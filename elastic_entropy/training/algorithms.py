@@ -32,6 +32,7 @@ class Algorithm:
     # the forward runs under torch's DistributedDataParallel, which averages the gradients
     is_data_parallel_wrapped: bool = False
     # every replica takes the same steps: a replica added on an elastic resume copies replica 0
+    # (and they start as copies: their configs refuse algorithm.replica_init=independent)
     replicas_are_copies: bool = False
 
 
@@ -46,8 +47,12 @@ ALGORITHMS: dict[str, Algorithm] = {
 }
 
 
-def scoped(cfg: Config, outer_steps_per_epoch: int) -> dict[str, object]:
-    """The optimizer's keyword arguments, its couplings replaced by ``scoping``'s schedules."""
+def scoped(cfg: Config, rate_period: int) -> dict[str, object]:
+    """The optimizer's keyword arguments, its couplings replaced by ``scoping``'s schedules.
+
+    A null rate is the authors' ``0.5 / rate_period`` per outer step: ``rate_period`` is ``nb``
+    (minibatches in one pass over a replica's own data) under ``scoping.rate_period=
+    nb_outer_steps``, and outer steps per pass under ``pass`` (see ``Plan.rate_period``)."""
     kwargs = cfg.algorithm.optimizer_kwargs()
     for coupling in ("gamma", "rho"):
         if coupling not in kwargs:
@@ -60,18 +65,23 @@ def scoped(cfg: Config, outer_steps_per_epoch: int) -> dict[str, object]:
                 f"scoping.{coupling}_max={cap} is below algorithm.{coupling}={initial}; "
                 f"raise scoping.{coupling}_max or lower algorithm.{coupling}"
             )
-        rate = papers_rate(outer_steps_per_epoch) if rate is None else rate
+        rate = papers_rate(rate_period) if rate is None else rate
         kwargs[f"{coupling}_schedule"] = Schedule(initial, rate, cap)
     return kwargs
 
 
 def build_optimizer(
-    cfg: Config, models: list[nn.Module], comm: Communicator, outer_steps_per_epoch: int
+    cfg: Config, models: list[nn.Module], comm: Communicator, rate_period: int
 ) -> Parle:
     """The optimizer named by ``algorithm.name`` over the replicas ``models``."""
     algorithm = ALGORITHMS[cfg.algorithm.name]
-    kwargs = scoped(cfg, outer_steps_per_epoch)
+    kwargs = scoped(cfg, rate_period)
     if algorithm.takes_seed:
         kwargs["seed"] = cfg.seed
+    # replicas of their own initialisation are built so on every rank (run._replicas): the
+    # optimizer must not overwrite them with the first process's
+    kwargs["same_init"] = cfg.algorithm.replica_init == "shared"
+    if "inner_lr" in kwargs:
+        kwargs["inner_lr_follows_lr"] = cfg.lr_schedule.inner_lr == "follow"
     params = replica_param_groups(m.parameters() for m in models)
     return algorithm.optimizer(params, comm=comm, **kwargs)  # type: ignore[arg-type]

@@ -7,8 +7,11 @@ all that is its own: weights, optimizer state, data order, dropout and noise str
 replicas the last ones leave the job (and so the mean); with more, the new ones start from the
 reference (the mean of the saved replicas) with zero momenta and the fresh streams a new run
 would give them, or, for algorithms whose replicas are copies of one another (data-parallel
-SGD), as copies of replica 0. Under ``data.policy=shard`` a new number of replicas re-deals the
-shards, so every replica starts a new pass over its new shard.
+SGD), as copies of replica 0. Under ``data.policy=shard`` or ``frac`` a new number of replicas
+re-deals the shards (the fractions, which start at ``i / n``), so every replica starts a new pass
+over its new share. The couplings go on from the job's outer step ``t``; their schedules take this
+layout's settings, so a null scoping rate follows the new share's ``nb`` (a shard's size changes
+with the number of replicas; a fraction's does not).
 
 The state of the process (its counters, communication totals, global generators, logger) is the
 same rank's when that rank was there, else rank 0's.
@@ -244,12 +247,15 @@ def _window(saved: Saved, change: Change, rank: int) -> list[Tensor]:
 def _optimizer(saved: Saved, change: Change, pieces: list[Piece], fresh: State) -> State:
     joined = _join_optimizer(pieces, fresh)
     parle = dict(saved.file(0)["optimizer"]["parle"])
-    # the layout is this run's; the rest (steps, schedules) the job's
+    # the layout is this run's; the rest (steps, the schedules' outer step) the job's
     parle.update({key: fresh["parle"][key] for key in ("replicas_per_process", "num_replicas")})
     parle["generators"] = joined["parle"]["generators"]
     if change.old.num_replicas != change.new.num_replicas:
         # an overlapped mean launched over other replicas: the next outer step waits for its own
         parle["in_flight"] = None
+        # the job's outer step, this layout's schedule (a shard's nb moved with the replicas)
+        for key in ("gamma_schedule", "rho_schedule"):
+            parle[key] = {**fresh["parle"][key], "t": parle[key]["t"]}
     return {**joined, "parle": parle}
 
 
@@ -266,7 +272,8 @@ def relayout(
     and this run's freshly built state ``fresh`` (for the streams of new replicas).
 
     ``is_copy``: new replicas copy replica 0 (replicas that are copies of one another);
-    ``reshards``: the data shards depend on the number of replicas (``data.policy=shard``)."""
+    ``reshards``: the replicas' data depend on their number (``data.policy=shard`` or
+    ``frac``)."""
     saved = Saved(load, change.old)
     resized = change.old.num_replicas != change.new.num_replicas
     mine = list(change.new.replicas_of(rank))

@@ -340,7 +340,7 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
         "key of another algorithm",
         ["algorithm=sgd", "algorithm.gamma=0.1"],
         "unknown key algorithm.gamma (Key 'gamma' not in 'SGDConfig'); the keys of algorithm are "
-        "lr, momentum, nesterov, weight_decay",
+        "lr, momentum, nesterov, weight_decay, replica_init",
         _none,
     ),
     # numbers no rule of a key names: one walk over every field

@@ -31,6 +31,9 @@ JOB = [
     "deterministic=true",
     "progress=false",
     "logger.plots=false",
+    # what runs of that version ran (training/checkpointer.py ADDED_KEYS): the resume says so
+    "algorithm.replica_init=shared",
+    "scoping.rate_period=pass",
 ]
 
 
@@ -51,6 +54,18 @@ def test_a_format_1_checkpoint_resumes_bitwise(tmp_path: Path) -> None:
     assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
     results = [json.loads((d / "results.json").read_text()) for d in (resumed, fresh)]
     assert results[0]["communication"] == results[1]["communication"]
+
+
+def test_an_old_checkpoint_names_the_settings_it_ran_with(tmp_path: Path) -> None:
+    """Today's defaults (independent initialisations, the authors' scoping rate) are not what
+    that run ran: the resume is refused in one line that names the keys to set."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(FIXTURE, run_dir)
+    today = [a for a in JOB if not a.startswith(("algorithm.replica_init", "scoping.rate_period"))]
+    done = run_cli([*today, f"hydra.run.dir={run_dir}"], tmp_path)
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert "algorithm.replica_init='shared' there, 'independent' here" in lines[0]
 
 
 def test_a_checkpoint_of_an_unknown_format_is_refused_in_one_line(tmp_path: Path) -> None:

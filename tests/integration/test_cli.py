@@ -98,6 +98,7 @@ def test_help_and_cfg_job(tmp_path: Path) -> None:
         "momentum": 0.9,
         "nesterov": True,
         "weight_decay": 0.0,
+        "replica_init": "independent",
         "rho": 2.0,
     }
     assert not (tmp_path / "outputs").exists()

@@ -41,6 +41,20 @@ def test_a_preset_composes_with_its_papers_constants(name: str) -> None:
     assert cfg.lr_schedule.name == "step"
     # the last milestone ends before the run does
     assert cfg.lr_schedule.milestones[-1] < cfg.epochs
+    if not name.startswith("sgd"):
+        # the authors' budgets, in their epochs of nb outer steps (issue 14)
+        assert cfg.epoch_unit == "nb_outer_steps"
+        assert cfg.scoping.rate_period == "nb_outer_steps"
+        assert cfg.algorithm.replica_init == "independent"
+    if name.startswith(("parle_wrn", "parle_allcnn", "entropy_sgd")):
+        assert cfg.lr_schedule.inner_lr == "fixed"  # DistESGD's llr and Entropy-SGD's lclr
+    if "lenet" in name:  # parle_mpi.py steps its inner loop at lr, rho scaled by L n
+        assert cfg.lr_schedule.inner_lr == "follow" and cfg.algorithm.rho == 0.01 * 25 * 6
+    split = {"split3": ("frac", 0.5), "split6": ("frac", 0.25)}.get(name.split("_")[-1])
+    assert (cfg.data.policy, cfg.data.frac) == (split or ("full", None))
+    if name.startswith("entropy_sgd"):
+        assert cfg.algorithm.variant == "iclr2017" and cfg.algorithm.noise == 1e-4
+        assert (cfg.epochs, cfg.lr_schedule.milestones) == (10, [3, 6])
 
 
 @pytest.fixture(scope="module")

@@ -56,7 +56,7 @@ def test_overrides_use_the_optimizer_argument_names() -> None:
         ("algorithm.alpha=1", "Invalid algorithm.alpha: 1.0"),
         ("algorithm.num_inner_steps=0", "use algorithm=elastic_sgd or sgd"),
         ("data.batch_size=0", "Invalid data.batch_size: 0"),
-        ("data.policy=random", "choose full or shard"),
+        ("data.policy=random", "choose full, shard or frac"),
         ("cluster.backend=mpi", "choose auto, gloo or nccl"),
         ("epochs=0", "Invalid epochs: 0.0"),
     ],
