@@ -21,6 +21,8 @@ from elastic_entropy.flatness import (
     perturbation_rises,
     top_eigenvalue,
 )
+from elastic_entropy.local_entropy import pde
+from elastic_entropy.local_entropy.landscapes import double_well
 
 D = 17  # w = weight (3 x 4) and bias (5): two tensors, one vector
 
@@ -248,6 +250,42 @@ def test_noisy_local_entropy_is_the_closed_form_within_its_errors(at_minimum: bo
     assert abs(found.local_entropy - exact) < 0.05 * exact + 4 * found.local_entropy_stderr
     expected = _chain_mean_loss(a, c, x, 1.0, gamma, noise, lr)
     assert abs(found.gibbs_loss - expected) < 4 * found.gibbs_loss_stderr
+
+
+class Wells(nn.Module):
+    """``f(y) = sum_i g(y_i)`` for the double well ``g``: independent coordinates, so that
+    ``f_gamma(x) = sum_i g_gamma(x_i)`` and every coordinate is one more sample of a 1-D chain."""
+
+    def __init__(self, x0: float, num: int, barrier: float) -> None:
+        super().__init__()
+        self.y = nn.Parameter(torch.full((num,), x0, dtype=torch.float64))
+        self.barrier = barrier
+
+    def forward(self, x: Tensor) -> Tensor:
+        return double_well(self.y, self.barrier).sum()
+
+
+def test_local_entropy_of_double_wells_is_the_hopf_cole_quadrature() -> None:
+    """Off the quadratics: the 1-D toolkit's quadrature of ``f_gamma`` and ``<y>`` (Hopf-Cole,
+    ``t = 1 / gamma``, ``beta = 1 / noise^2``) against the chains, on 1,024 copies of a double well
+    (a barrier of 0.25 the chains cross many times at this temperature)."""
+    num, x0, gamma, noise, barrier = 1024, 0.3, 1.0, 0.5, 0.25
+    loss = TrainingLoss(Wells(x0, num, barrier), [(torch.zeros(1), torch.zeros(1))], _value)
+    grid = np.linspace(-6.0, 6.0, 24001)
+    beta = 1.0 / noise**2
+    well = double_well(grid, barrier)
+    exact = float(pde.local_entropy(well, grid, t=1.0 / gamma, beta=beta, query=[x0])[0])
+    found = local_entropy(
+        loss, gamma=gamma, noise=noise, inner_lr=0.01, num_inner_steps=1000, num_nodes=4, seed=0
+    )
+    assert abs(found.local_entropy / num - exact) < 4 * found.local_entropy_stderr / num
+    chain = gibbs_chain(
+        loss, loss.get(), strength=1.0, gamma=gamma, noise=noise, inner_lr=0.01, num_steps=1000,
+        generator=torch.Generator().manual_seed(1),
+    )  # fmt: skip
+    mean = float(pde.gibbs_mean(lambda y: double_well(y, barrier), x0, t=1.0 / gamma, beta=beta))
+    spread = float(chain.mean_y.std()) / math.sqrt(num)  # the coordinates are independent chains
+    assert abs(float(chain.mean_y.mean()) - mean) < 4 * spread
 
 
 class MLP(nn.Module):
