@@ -13,10 +13,10 @@ from torch import Tensor
 
 from elastic_entropy.flatness.loss import (
     TrainingLoss,
-    _generator,
-    _normal,
-    _rademacher,
-    _stderr,
+    normal_vector,
+    rademacher_vector,
+    seeded_generator,
+    standard_error,
 )
 
 
@@ -53,7 +53,7 @@ def top_eigenvalue(
     """``lambda_max(H)`` by power iteration from a Gaussian start (seeded). When the eigenvalue of
     largest magnitude ``mu`` is negative (a saddle), a second run on ``H - mu I``, whose
     eigenvalues ``lambda_i - mu >= 0`` are largest at ``lambda_max``, gives the top one."""
-    start = _normal(loss, _generator(seed))
+    start = normal_vector(loss, seeded_generator(seed))
     first = _power(loss.hvp, start, iterations, tolerance)
     if first.value >= 0.0:
         return first
@@ -75,12 +75,12 @@ def hessian_trace(loss: TrainingLoss, *, probes: int = 32, seed: int = 0) -> Tra
     """Hutchinson: ``tr H = E[v^T H v]`` for ``v`` with independent entries ``+-1``, the mean over
     ``probes`` draws. Exact for a diagonal ``H`` (``v^T H v = sum_i H_ii v_i^2``); otherwise the
     variance of one probe is ``2 sum_{i != j} H_ij^2``."""
-    generator = _generator(seed)
+    generator = seeded_generator(seed)
     samples = []
     for _ in range(probes):
-        v = _rademacher(loss, generator)
+        v = rademacher_vector(loss, generator)
         samples.append(float(torch.dot(v, loss.hvp(v))))
-    return Trace(float(np.mean(samples)), _stderr(samples), probes)
+    return Trace(float(np.mean(samples)), standard_error(samples), probes)
 
 
 @dataclass
@@ -99,7 +99,7 @@ def perturbation_rises(
     normalised plots, would weigh small tensors such as biases more; the whole vector keeps
     ``E[rise] = r^2 |w|^2 tr(H) / (2 d) + O(r^3)``, which the tests hold to a quadratic.) The
     parameters are restored from a copy, bit for bit, even when the loss raises."""
-    generator = _generator(seed)
+    generator = seeded_generator(seed)
     w = loss.get()
     base, size = loss.value(), float(w.norm())
     rises = []
@@ -107,10 +107,11 @@ def perturbation_rises(
         for radius in radii:
             samples = []
             for _ in range(draws):
-                xi = _normal(loss, generator)
+                xi = normal_vector(loss, generator)
                 loss.set(w + (radius * size / xi.norm()) * xi)
                 samples.append(loss.value() - base)
-            rises.append(Rise(radius, float(np.mean(samples)), _stderr(samples), max(samples)))
+            mean = float(np.mean(samples))
+            rises.append(Rise(radius, mean, standard_error(samples), max(samples)))
     finally:
         loss.set(w)
     return rises

@@ -10,7 +10,12 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from elastic_entropy.flatness.loss import TrainingLoss, _generator, _normal, _stderr
+from elastic_entropy.flatness.loss import (
+    TrainingLoss,
+    normal_vector,
+    seeded_generator,
+    standard_error,
+)
 
 
 @dataclass
@@ -54,11 +59,11 @@ def gibbs_chain(
                 total_y += y
             y = y - inner_lr * (strength * grad + gamma * (y - x))
             if scale > 0.0:
-                y = y + scale * _normal(loss, generator)
+                y = y + scale * normal_vector(loss, generator)
     finally:
         loss.set(x)
     means = [float(np.mean(b)) for b in np.array_split(losses, min(NUM_BATCH_MEANS, kept))]
-    return Chain(total_y / kept, float(np.mean(losses)), _stderr(means))
+    return Chain(total_y / kept, float(np.mean(losses)), standard_error(means))
 
 
 @dataclass
@@ -113,7 +118,7 @@ def local_entropy(
     (``delta = x - c`` in the eigenbasis of ``A``) geometrically in ``num_nodes``. The chains'
     own bias is of order ``inner_lr`` times the curvature (see :func:`gibbs_chain`).
     """
-    generator = _generator(seed)
+    generator = seeded_generator(seed)
     x = loss.get()
     nodes, weights = np.polynomial.legendre.leggauss(num_nodes)
     nodes, weights = (nodes + 1.0) / 2.0, weights / 2.0

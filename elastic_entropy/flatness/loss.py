@@ -77,10 +77,8 @@ class TrainingLoss:
         return float(sum(float(c) for c in self._chunks()))
 
     def value_and_grad(self) -> tuple[float, Tensor]:
-        total, grad = (
-            0.0,
-            torch.zeros(self.dim, dtype=self.params[0].dtype, device=self.params[0].device),
-        )
+        p = self.params[0]
+        total, grad = 0.0, torch.zeros(self.dim, dtype=p.dtype, device=p.device)
         for chunk in self._chunks():
             grads = torch.autograd.grad(chunk, self.params, allow_unused=True)
             grad += self._flat(grads)
@@ -111,21 +109,25 @@ class TrainingLoss:
         return [u.view_as(p) for u, p in zip(torch.split(v, sizes), self.params)]
 
 
-def _generator(seed: int) -> torch.Generator:
+def seeded_generator(seed: int) -> torch.Generator:
+    """A CPU generator: the measures draw on the CPU, so one seed gives one vector anywhere."""
     return torch.Generator().manual_seed(seed)
 
 
-def _normal(loss: TrainingLoss, generator: torch.Generator) -> Tensor:
-    # drawn on the CPU and moved: the same vector on every device for one seed
+def normal_vector(loss: TrainingLoss, generator: torch.Generator) -> Tensor:
+    """``xi ~ N(0, I_d)``, drawn on the CPU in float64 and moved: the same vector on every device
+    for one seed."""
     p = loss.params[0]
     return torch.randn(loss.dim, generator=generator, dtype=torch.float64).to(p.device, p.dtype)
 
 
-def _rademacher(loss: TrainingLoss, generator: torch.Generator) -> Tensor:
+def rademacher_vector(loss: TrainingLoss, generator: torch.Generator) -> Tensor:
+    """``v`` with independent entries ``+-1`` of probability 1/2 each."""
     p = loss.params[0]
     signs = torch.randint(0, 2, (loss.dim,), generator=generator, dtype=torch.int64) * 2 - 1
     return signs.to(p.device, p.dtype)
 
 
-def _stderr(samples: Sequence[float]) -> float:
+def standard_error(samples: Sequence[float]) -> float:
+    """``std(samples, ddof=1) / sqrt(n)``; 0 for a single sample."""
     return float(np.std(samples, ddof=1) / math.sqrt(len(samples))) if len(samples) > 1 else 0.0
