@@ -103,6 +103,7 @@ class Bench:
     epochs: float
     seeds: list[int]
     sgd_grid: list[tuple[float, str]]
+    flatness: list[str] = field(default_factory=lambda: list(FLATNESS))  # the compared runs'
     records: list[dict[str, Any]] = field(default_factory=list)
     runs: dict[str, Path] = field(default_factory=dict)
 
@@ -180,7 +181,8 @@ FLATNESS_COLUMNS = ("top_eigenvalue", "hessian_trace", "rise_0.05", "rise_0.1", 
 def flatness_table(bench: Bench, datasets: list[str], methods: list[str]) -> str:
     """Mean ± std over seeds of each flatness measure, per dataset, method and budget."""
     rows = [
-        "flatness of the reference on its training loss (1,024 samples), mean ± std over seeds: "
+        "flatness of the reference on its training loss (flatness.num_samples points), mean ± std "
+        "over seeds: "
         "top Hessian eigenvalue, Hessian trace, loss rise at relative radius r, local entropy "
         "f_gamma (gamma 1)",
         f"  {'dataset':<11}{'method':<20}{'budget':<7}"
@@ -226,7 +228,7 @@ def run_budget(
     """Every method on every seed; ``epochs`` per method (equal evals: all the same)."""
     tuned = tune_sgd(bench, dataset, epochs["sgd"], budget)
     for method in methods:
-        args = [*METHODS[method], *(tuned if method in TUNED else []), *FLATNESS]
+        args = [*METHODS[method], *(tuned if method in TUNED else []), *bench.flatness]
         for seed in bench.seeds:
             name = f"{dataset} {budget} {method} {seed}"
             result = bench.run(name, dataset, args, epochs[method], seed)
@@ -298,7 +300,7 @@ def investigate(bench: Bench, dataset: str, epochs: dict[str, float]) -> dict[st
         )
     winner = max(rows, key=lambda row: row["val_acc"])["factor"]
     for seed in bench.seeds:
-        trial(winner, [*candidates[winner], *FLATNESS], seed, method="parle chosen on val")
+        trial(winner, [*candidates[winner], *bench.flatness], seed, method="parle chosen on val")
     return {"rows": rows, "greedy": kept, "chosen": winner, "settings": candidates[winner]}
 
 
@@ -397,7 +399,9 @@ def main() -> None:
         if args.workdir is not None:
             args.workdir.mkdir(parents=True, exist_ok=True)
         grid = [(0.1, "constant"), (0.1, "cosine")] if args.quick else SGD_GRID
-        bench = Bench(args.workdir or Path(tmp), epochs, seeds, grid)
+        # --quick checks the pipeline: the flatness on a quarter of the sample, no local entropy
+        quick = ["flatness.num_samples=256", "flatness.num_inner_steps=0"] if args.quick else []
+        bench = Bench(args.workdir or Path(tmp), epochs, seeds, grid, [*FLATNESS, *quick])
         for dataset in datasets:
             base = epochs * EPOCH_SCALE.get(dataset, 1.0)
             run_budget(bench, dataset, methods, "evals", {m: base for m in methods})
