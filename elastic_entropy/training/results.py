@@ -148,15 +148,15 @@ def measure_flatness(run: Run) -> dict[str, Any]:
         seed=cfg.seed,
     )
     found["wall_s"] = time.perf_counter() - started
-    entropy = found.get("local_entropy")
-    if entropy and entropy["relaxation_steps"] * 3 > cfg.num_inner_steps / 2:
+    entropy, kept = found.get("local_entropy"), cfg.num_inner_steps - cfg.num_inner_steps // 2
+    if entropy and entropy["relaxation_steps"] * 3 > kept:
         # the averaged half of each chain spans fewer than three relaxation times of its slowest
         # direction: the Gibbs averages still remember the start
         log.warning(
             "flatness: the local entropy's chains relax in about %.0f steps, more than a third of "
             "the %d they average; raise flatness.num_inner_steps or flatness.gamma",
             entropy["relaxation_steps"],
-            cfg.num_inner_steps - cfg.num_inner_steps // 2,
+            kept,
         )
     log.info(
         "flatness of the reference: top eigenvalue %.4g, trace %.4g, in %.1f s",
