@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import REPO, cli_env, run_cli
+from elastic_entropy.data import load_dataset
+from elastic_entropy.flatness import fixed_batches, measure
+from elastic_entropy.models import build_model
+from tests.conftest import REPO, cli_env, compose_config, run_cli
 
 BASE = ["max_steps=20", "progress=false", "logger.plots=false", "model.channels=8"]
 SMALL = [
@@ -53,6 +56,44 @@ def test_results_hold_the_flatness_of_the_saved_reference(runs: tuple[Path, Path
     assert entropy["gamma"] == 1.0 and len(entropy["nodes"]) == 2
     assert entropy["loss"] == pytest.approx(found["loss"])
     assert f"top Hessian eigenvalue {found['top_eigenvalue']:.4g}" in stdout
+
+
+def test_the_numbers_are_those_of_the_saved_reference_on_the_first_samples(
+    runs: tuple[Path, Path, str],
+) -> None:
+    """reference.pt in a fresh model, measured by hand with the run's settings on the first 200
+    training points: the run's numbers (same seeds, same chunks)."""
+    on, _, _ = runs
+    found = json.loads((on / "results.json").read_text())["flatness"]
+    cfg = compose_config(*BASE, "flatness.enabled=true", *SMALL)
+    data = load_dataset(cfg.data.name, cfg.data.root, cfg.data.seed)
+    model = build_model(
+        cfg.model.name, data.input_shape, data.num_classes, **cfg.model.model_kwargs()
+    )
+    model.load_state_dict(torch.load(on / "reference.pt"))
+    f = cfg.flatness
+    again = measure(
+        model,
+        fixed_batches(data.x_train, data.y_train, f.num_samples, f.batch_size),
+        iterations=f.iterations,
+        tolerance=f.tolerance,
+        probes=f.probes,
+        radii=f.radii,
+        draws=f.draws,
+        gamma=f.gamma,
+        noise=f.noise,
+        num_inner_steps=f.num_inner_steps,
+        num_nodes=f.num_nodes,
+        seed=f.seed,
+    )
+    for key in ("loss", "top_eigenvalue", "trace", "weight_norm"):
+        assert again[key] == pytest.approx(found[key], rel=1e-4), key
+    assert [r["mean"] for r in again["rises"]] == pytest.approx(
+        [r["mean"] for r in found["rises"]], rel=1e-3, abs=1e-7
+    )
+    assert again["local_entropy"]["local_entropy"] == pytest.approx(
+        found["local_entropy"]["local_entropy"], rel=1e-4
+    )
 
 
 def test_measuring_changes_nothing_that_was_trained(runs: tuple[Path, Path, str]) -> None:
