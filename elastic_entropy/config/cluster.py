@@ -9,6 +9,7 @@ from elastic_entropy.config._checks import _positive, _require
 # replicas live in one process one after another: past this many, the buffers outgrow most
 # machines long before the first step, and torchrun spreads them better over processes
 MAX_REPLICAS_PER_PROCESS = 1024
+MAX_THREADS = 4096  # more intra-op threads than any machine's cores: a typo
 
 
 @dataclass
@@ -24,6 +25,9 @@ class ClusterConfig:
     # the replicas' forward+backward in one CUDA graph: auto = on CUDA devices where it can be
     # (not with algorithm=ddp or dropout), on = insist, off = never
     cuda_graphs: str = "auto"
+    # torch's intra-op threads: auto = this process's share of its cores (at most 2 on a GPU),
+    # keeping an OMP_NUM_THREADS from the environment; N = exactly N (elastic_entropy/threads.py)
+    threads: str = "auto"
 
     def __post_init__(self) -> None:
         if self.replicas_per_process is not None:
@@ -72,6 +76,13 @@ class ClusterConfig:
             "cluster.cuda_graphs",
             self.cuda_graphs,
             "CUDA graphs need cluster.device=cuda (or auto on a GPU); use auto or off on CPUs",
+        )
+        _require(
+            str(self.threads) == "auto"
+            or (str(self.threads).isdigit() and 1 <= int(self.threads) <= MAX_THREADS),
+            "cluster.threads",
+            self.threads,
+            f"choose auto or a number of threads in [1, {MAX_THREADS}], e.g. cluster.threads=1",
         )
 
 

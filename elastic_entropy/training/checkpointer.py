@@ -71,6 +71,7 @@ RESUMABLE_CHANGES = (
     "checkpoint",
     "cluster.timeout_s",
     "cluster.cuda_graphs",  # how the passes are launched, not what they compute
+    "cluster.threads",  # how many threads compute it, not what is trained
     # how the forward runs (the same function, another layout or compiled kernels)
     "channels_last",
     "compile",
@@ -135,6 +136,8 @@ ADDED_KEYS: dict[str, Any] = {
     "epoch_unit": "pass",
     "lr_schedule.inner_lr": "follow",
     "data.frac": None,
+    # issue 15: torch's intra-op threads, which earlier runs left to torch (one per core)
+    "cluster.threads": "auto",
 }
 
 

@@ -12,6 +12,7 @@ from torch import Tensor
 from elastic_entropy.config import Config
 from elastic_entropy.distributed import any_rank, as_peer_lost, init_distributed, teardown
 from elastic_entropy.loggers import Progress
+from elastic_entropy.threads import set_intra_op_threads
 from elastic_entropy.training.evaluation import eval_metrics
 from elastic_entropy.training.metrics import SHOWN, base_metrics, log_quarantine, train_metrics
 from elastic_entropy.training.preemption import EXIT_INTERRUPTED, Preempted, StopSignals
@@ -34,6 +35,9 @@ def train(cfg: Config, run_dir: Path, overrides: tuple[str, ...] = ()) -> dict[s
     """
     with StopSignals(cfg.checkpoint.on_signal) as stop:
         info = init_distributed(cfg.cluster.backend, cfg.cluster.device, cfg.cluster.timeout_s)
+        # before the first parallel op: the data, the model and every step run with it
+        cluster = cfg.cluster
+        set_intra_op_threads(cluster.threads, info.device, cluster.processes_per_node, info.is_main)
         lock = None
         try:
             run_dir, lock = prepare_run_dir(run_dir, info, cfg.checkpoint.resume)

@@ -463,6 +463,9 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
         "Invalid algorithm.variant: 'lua' (choose one of parle, iclr2017)",
         _none,
     ),
+    # issue 15: torch's intra-op threads
+    ("zero threads", ["cluster.threads=0"], "Invalid cluster.threads: '0' (choose auto or a", _none),
+    ("threads not a count", ["cluster.threads=abc"], "Invalid cluster.threads: 'abc'", _none),
 ]
 BASE = [
     "max_steps=40",
