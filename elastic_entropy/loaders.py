@@ -66,14 +66,20 @@ def sample_tensors(sample: Any, split: str, index: int) -> tuple[Tensor, Tensor]
         raise ValueError(
             f"data.{split}: sample {index} is a {type(sample).__name__}, not an (input, label) pair"
         )
-    x = _as_tensor(sample[0], split, index, "input").float()
+    x = _as_tensor(sample[0], split, index, "input")
     label = _as_tensor(sample[1], split, index, "label")
-    if label.numel() != 1 or label.is_floating_point():
+    # a window of token ids labelled with the next token of each position (a language model's
+    # sample): the ids stay integers
+    is_sequence = label.ndim == 1 and label.numel() > 1 and label.shape == x.shape
+    is_sequence = is_sequence and not x.is_floating_point()
+    if label.is_floating_point() or not (label.numel() == 1 or is_sequence):
         raise ValueError(
             f"data.{split}: sample {index} has the label {label.tolist()}; labels must be one "
-            "integer class index each"
+            "integer class index each, or one next-token id per input token id"
         )
-    return x, label.reshape(()).long()
+    if is_sequence:
+        return x.long(), label.long()
+    return x.float(), label.reshape(()).long()
 
 
 def _as_tensor(value: Any, split: str, index: int, part: str) -> Tensor:
@@ -234,6 +240,10 @@ class DatasetSplits:
     @property
     def num_train(self) -> int:
         return len(self.train)
+
+    @property
+    def label_shape(self) -> tuple[int, ...]:
+        return tuple(sample_tensors(self.train[0], "train", 0)[1].shape)
 
     @property
     def has_val(self) -> bool:

@@ -35,6 +35,11 @@ class DataSplits:
         return len(self.y_train)
 
     @property
+    def label_shape(self) -> tuple[int, ...]:
+        """``()`` for a class per sample; ``(T,)`` for a next token per position (text)."""
+        return tuple(self.y_train.shape[1:])
+
+    @property
     def has_val(self) -> bool:
         return self.x_val is not None and self.y_val is not None
 

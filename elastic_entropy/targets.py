@@ -87,9 +87,12 @@ def build_target_model(
     return model
 
 
-def check_output(model: nn.Module, x: Tensor, num_classes: int) -> None:
+def check_output(
+    model: nn.Module, x: Tensor, num_classes: int, label_shape: tuple[int, ...] = ()
+) -> None:
     """One forward of two samples (eval mode, no gradient: nothing of the model changes): the
-    logits must be ``[batch, num_classes]``."""
+    logits must be ``[batch, num_classes]``, or ``[batch, T, num_classes]`` for labels of
+    shape ``(T,)`` (a next token per position)."""
     was_training = model.training
     model.eval()
     try:
@@ -102,11 +105,13 @@ def check_output(model: nn.Module, x: Tensor, num_classes: int) -> None:
         ) from error
     finally:
         model.train(was_training)
-    if not isinstance(out, Tensor) or tuple(out.shape) != (len(x[:2]), num_classes):
+    wanted = (len(x[:2]), *label_shape, num_classes)
+    if not isinstance(out, Tensor) or tuple(out.shape) != wanted:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        positions = "".join(f", {n}" for n in label_shape)
         raise ValueError(
             f"model outputs {shape} for a batch of {len(x[:2])}, but the data has {num_classes} "
-            f"classes: its output must be [batch, {num_classes}] logits"
+            f"classes: its output must be [batch{positions}, {num_classes}] logits"
         )
 
 
@@ -162,7 +167,7 @@ def target_splits(sets: TargetDatasets, num_classes: int | None) -> DataSplits:
         x_test, y_test = x_val, y_val
     else:
         x_test, y_test = x_train, y_train
-    labels = torch.cat([y for y in (y_train, y_val, y_test) if y is not None])
+    labels = torch.cat([y.flatten() for y in (y_train, y_val, y_test) if y is not None])
     classes = int(labels.max()) + 1 if num_classes is None else num_classes
     if int(labels.min()) < 0 or int(labels.max()) >= classes:
         raise ValueError(

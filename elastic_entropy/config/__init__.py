@@ -52,6 +52,7 @@ from elastic_entropy.config.logger import (
 from elastic_entropy.config.schedule import LR_SCHEDULES, LRScheduleConfig
 from elastic_entropy.config.workload import (
     AllCNNConfig,
+    CharLSTMConfig,
     CNN1DConfig,
     DataConfig,
     LeNetConfig,
@@ -59,6 +60,7 @@ from elastic_entropy.config.workload import (
     ModelConfig,
     ResNet18Config,
     TargetModelConfig,
+    TransformerConfig,
     WRNConfig,
 )
 
@@ -202,6 +204,8 @@ GROUPS: dict[str, dict[str, Any]] = {
         "wrn": WRNConfig,
         "allcnn": AllCNNConfig,
         "resnet18": ResNet18Config,
+        "char_lstm": CharLSTMConfig,
+        "transformer": TransformerConfig,
     },
     "data": {
         "mnist1d": DataConfig(name="mnist1d"),
@@ -212,6 +216,8 @@ GROUPS: dict[str, dict[str, Any]] = {
         "svhn": DataConfig(name="svhn", batch_size=128),
         "mnist5k": DataConfig(name="mnist5k", batch_size=128),
         "imagefolder": DataConfig(name="imagefolder", batch_size=64),
+        "pydoc": DataConfig(name="pydoc", batch_size=32, seq_len=64),
+        "textfile": DataConfig(name="textfile", batch_size=32, seq_len=64),
         "custom": DataConfig,  # the values are your YAML's (data/custom.yaml)
     },
     "scoping": {

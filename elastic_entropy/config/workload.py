@@ -100,6 +100,44 @@ class LeNetConfig(ModelConfig):
 
 
 @dataclass
+class CharLSTMConfig(ModelConfig):
+    """The char-rnn shape: an embedding, LSTM layers, a linear read-out per position."""
+
+    name: str = "char_lstm"
+    embedding: int = 64
+    hidden: int = 128
+    layers: int = 2
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key in ("embedding", "hidden", "layers"):
+            _require(getattr(self, key) >= 1, f"model.{key}", getattr(self, key), "must be >= 1")
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "must be in [0, 1)")
+
+
+@dataclass
+class TransformerConfig(ModelConfig):
+    """A small decoder-only transformer (causal attention, pre-norm blocks)."""
+
+    name: str = "transformer"
+    width: int = 128
+    layers: int = 2
+    heads: int = 4
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        for key in ("width", "layers", "heads"):
+            _require(getattr(self, key) >= 1, f"model.{key}", getattr(self, key), "must be >= 1")
+        _require(
+            self.width % self.heads == 0,
+            "model.width",
+            self.width,
+            f"must be a multiple of model.heads={self.heads}",
+        )
+        _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "must be in [0, 1)")
+
+
+@dataclass
 class WRNConfig(ModelConfig):
     """Wide ResNet WRN-depth-widen_factor (WRN-28-10: 36.5M parameters)."""
 
@@ -180,6 +218,7 @@ class DataConfig:
     # how minibatches reach the replicas (elastic_entropy.loaders): held on the device as
     # tensors, or read by a DataLoader per replica; auto holds what fits
     pipeline: str = "auto"
+    seq_len: int = 64  # text (data=pydoc, textfile): the characters of one sample's window
     num_workers: int = 0  # the loader path's worker processes per replica
     pin_memory: bool = True  # page-locked batches, on a CUDA device only
     prefetch_factor: int = 2  # minibatches each worker reads ahead
@@ -221,6 +260,7 @@ class DataConfig:
             f"choose one of {', '.join(PIPELINES)}",
         )
         _require(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be >= 0")
+        _require(self.seq_len >= 1, "data.seq_len", self.seq_len, "must be >= 1")
         _require(
             self.prefetch_factor >= 1, "data.prefetch_factor", self.prefetch_factor, "must be >= 1"
         )

@@ -1,5 +1,6 @@
 """Networks named by config: ``mlp``, ``cnn1d`` (MNIST-1D), and for (C, H, W) images ``lenet``,
-``wrn`` (Wide ResNet), ``allcnn`` (All-CNN-C with BN) and ``resnet18`` (the CIFAR ResNet-18).
+``wrn`` (Wide ResNet), ``allcnn`` (All-CNN-C with BN) and ``resnet18`` (the CIFAR ResNet-18);
+for windows of token ids ``char_lstm`` and ``transformer`` (:mod:`.text`).
 
 Each is a factory ``f(input_shape, num_classes, **options) -> nn.Module`` registered in ``MODELS``
 by its config name; a factory given data of the wrong rank raises a one-line ValueError.
@@ -17,6 +18,7 @@ from torch import Tensor, nn
 from elastic_entropy.models._layers import dropout_or_nothing, require_image
 from elastic_entropy.models.allcnn import allcnn
 from elastic_entropy.models.resnet import resnet18
+from elastic_entropy.models.text import char_lstm, transformer
 from elastic_entropy.models.wrn import wrn
 
 log = logging.getLogger(__name__)
@@ -198,7 +200,26 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "wrn": wrn,
     "allcnn": allcnn,
     "resnet18": resnet18,
+    "char_lstm": char_lstm,
+    "transformer": transformer,
 }
+
+
+LANGUAGE_MODELS = frozenset({"char_lstm", "transformer"})
+
+
+def check_task(model: str, data: str, *, is_text: bool) -> None:
+    """A language model for text, a classifier for the rest: one line naming the fix."""
+    if model in LANGUAGE_MODELS and not is_text:
+        raise ValueError(
+            f"model={model} is a language model: it needs text (data=pydoc or data=textfile), "
+            f"and data={data} is not"
+        )
+    if model not in LANGUAGE_MODELS and is_text and model in MODELS:
+        raise ValueError(
+            f"data={data} is text (windows of token ids, a next token per position): choose "
+            "model=char_lstm or model=transformer"
+        )
 
 
 def build_model(

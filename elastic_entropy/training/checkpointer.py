@@ -120,6 +120,7 @@ ADDED_KEYS: dict[str, Any] = {
     "precision": "fp32",
     "loss_scale": 65536.0,
     "channels_last": False,
+    "data.seq_len": 64,
     "compile": False,
     # the input path: earlier runs held their data as tensors (what auto does with theirs)
     "data.pipeline": "auto",

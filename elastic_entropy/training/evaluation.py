@@ -32,9 +32,10 @@ def evaluate_batches(
     loss_sum, correct, count = 0.0, 0, 0
     for x, target in batches:
         out = model(x)
-        loss_sum += nn.functional.cross_entropy(out, target, reduction="sum").item()
-        correct += (out.argmax(dim=1) == target).sum().item()
-        count += len(target)
+        logits, flat = out.flatten(0, -2), target.flatten()  # a class, or each next token
+        loss_sum += nn.functional.cross_entropy(logits, flat, reduction="sum").item()
+        correct += (logits.argmax(dim=1) == flat).sum().item()
+        count += flat.numel()
     model.train(was_training)
     return {"loss": loss_sum / count, "acc": correct / count}
 
@@ -131,6 +132,8 @@ def eval_metrics(run: Run) -> dict[str, Any]:
             result = evaluate_split(run, reference, split, limit)
             record[f"reference/{split}_loss"] = result["loss"]
             record[f"reference/{split}_acc"] = result["acc"]
+            if run.data.label_shape:  # a language model: its next-token loss as perplexity
+                record[f"reference/{split}_perplexity"] = math.exp(min(result["loss"], 700.0))
     held = "val" if "val" in splits else "test"
     distances = _reference_distances(run)
     scores = (

@@ -20,6 +20,7 @@ from elastic_entropy.loaders import (
     should_hold,
 )
 from elastic_entropy.targets import target_datasets, target_loaders, target_splits
+from elastic_entropy.text import TEXT_SETS, text_splits
 from elastic_entropy.training.graphs import GraphedPasses, graphed_passes
 from elastic_entropy.training.passes import Source, TensorBatches
 
@@ -42,6 +43,8 @@ def build_data(cfg: Config, device: torch.device) -> DataSplits | DatasetSplits:
         if not should_hold(cfg.data.pipeline, sets.train):
             return target_loaders(sets, cfg.data.num_classes, device, options)
         splits = target_splits(sets, cfg.data.num_classes)
+    elif cfg.data.name in TEXT_SETS:
+        splits = text_splits(cfg.data.name, cfg.data.root, cfg.data.seq_len)
     else:
         splits = load_dataset(
             cfg.data.name,

@@ -23,9 +23,11 @@ def forward_backward(model: nn.Module, x: Tensor, y: Tensor, scale: float = 1.0)
     """One replica's training pass: backward of its cross-entropy (times ``scale``, the fp16
     loss scale); ``[loss, accuracy]``."""
     out = model(x)
-    loss = nn.functional.cross_entropy(out, y)
+    # [B, C] logits of classes, or [B, T, V] of each position's next token (flattened: the
+    # mean over every token of the minibatch)
+    loss = nn.functional.cross_entropy(out.flatten(0, -2), y.flatten())
     (loss * scale if scale != 1.0 else loss).backward()
-    return torch.stack([loss.detach(), (out.detach().argmax(dim=1) == y).float().mean()])
+    return torch.stack([loss.detach(), (out.detach().argmax(dim=-1) == y).float().mean()])
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

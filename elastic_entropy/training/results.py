@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -96,6 +97,7 @@ def finish(run: Run, wall_s: float) -> dict[str, Any]:
             "train_acc": reference["train"]["acc"],
             "train_loss": reference["train"]["loss"],
             **({"val_acc": reference["val"]["acc"]} if "val" in reference else {}),
+            **(_per_token(reference) if run.data.label_shape else {}),
         },
         "replicas": [{"replica": a, "test_acc": acc} for a, acc in replicas],
         "communication": {
@@ -114,6 +116,15 @@ def finish(run: Run, wall_s: float) -> dict[str, Any]:
         if run.cfg.logger.plots:
             _plot(run.run_dir)
     return result
+
+
+def _per_token(reference: dict[str, dict[str, float]]) -> dict[str, float]:
+    """A language model's mean next-token loss as perplexity and bits per character."""
+    scores = {}
+    for split, result in reference.items():
+        scores[f"{split}_perplexity"] = math.exp(min(result["loss"], 700.0))
+        scores[f"{split}_bits_per_char"] = result["loss"] / math.log(2.0)
+    return scores
 
 
 def _training_sample(run: Run) -> list[tuple[Tensor, Tensor]]:
@@ -247,6 +258,11 @@ def format_table(result: dict[str, Any]) -> str:
         f"  {'model':<14}{'test acc':>10}",
         f"  {'reference':<14}{ref['test_acc']:>10.4f}   (train acc {ref['train_acc']:.4f})",
     ]
+    if "test_perplexity" in ref:  # a language model: accuracy is of the next token
+        lines[-1] += (
+            f"   test perplexity {ref['test_perplexity']:.4f}, "
+            f"{ref['test_bits_per_char']:.4f} bits per character"
+        )
     lines += [
         f"  {'replica ' + str(r['replica']):<14}{r['test_acc']:>10.4f}" for r in result["replicas"]
     ]

@@ -28,7 +28,7 @@ from elastic_entropy.loaders import (
     DatasetSplits,
 )
 from elastic_entropy.loggers import RunLogger
-from elastic_entropy.models import build_model
+from elastic_entropy.models import build_model, check_task
 from elastic_entropy.optim import Parle
 from elastic_entropy.targets import (
     build_target_model,
@@ -220,9 +220,10 @@ def _model(cfg: Config, data: DataSplits | DatasetSplits) -> nn.Module:
     if isinstance(cfg.model, TargetModelConfig):
         model = build_target_model(cfg.model.node(), data.input_shape, data.num_classes)
     else:
+        check_task(cfg.model.name, cfg.data.name, is_text=bool(data.label_shape))
         options = cfg.model.model_kwargs()
         model = build_model(cfg.model.name, data.input_shape, data.num_classes, **options)
-    check_output(model, data.head(2), data.num_classes)
+    check_output(model, data.head(2), data.num_classes, data.label_shape)
     return model
 
 

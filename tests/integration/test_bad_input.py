@@ -255,6 +255,30 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
         _none,
     ),
     ("2-D net on 1-D data", ["model=lenet"], "lenet needs image data", _none),
+    (
+        "language model on signals",
+        ["model=transformer"],
+        "model=transformer is a language model: it needs text (data=pydoc or data=textfile)",
+        _none,
+    ),
+    (
+        "classifier on text",
+        ["data=pydoc", "model=mlp"],
+        "data=pydoc is text (windows of token ids, a next token per position): choose",
+        _none,
+    ),
+    (
+        "missing text corpus",
+        ["data=textfile", "model=char_lstm", "data.root=/nonexistent/corpus.txt"],
+        "text corpus /nonexistent/corpus.txt does not exist",
+        _none,
+    ),
+    (
+        "uneven attention heads",
+        ["data=pydoc", "model=transformer", "model.heads=3"],
+        "Invalid model.width: 128 (must be a multiple of model.heads=3)",
+        _none,
+    ),
     ("1-D net on images", ["data=digits"], "cnn1d needs 1-D signals", _none),
     (
         "replicas do not divide the data",
