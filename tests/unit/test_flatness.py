@@ -5,6 +5,7 @@ parameters are ``w``), and a small MLP against its dense Hessian."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -25,6 +26,16 @@ from elastic_entropy.local_entropy import pde
 from elastic_entropy.local_entropy.landscapes import double_well
 
 D = 17  # w = weight (3 x 4) and bias (5): two tensors, one vector
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tensors of a few dozen numbers: a second intra-op thread only waits for the first, and on
+    a loaded machine that wait makes these tests ten times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 class Quadratic(nn.Module):
