@@ -53,7 +53,14 @@ from elastic_entropy.flatness.entropy import (
     gibbs_chain,
     local_entropy,
 )
-from elastic_entropy.flatness.loss import Batches, LossFn, TrainingLoss, eval_mode, fixed_batches
+from elastic_entropy.flatness.loss import (
+    Batches,
+    LossFn,
+    TrainingLoss,
+    cross_entropy,
+    eval_mode,
+    fixed_batches,
+)
 
 __all__ = [
     "Batches",
@@ -64,6 +71,7 @@ __all__ = [
     "Rise",
     "Trace",
     "TrainingLoss",
+    "cross_entropy",
     "default_inner_lr",
     "eval_mode",
     "fixed_batches",
@@ -80,7 +88,7 @@ def measure(
     model: nn.Module,
     batches: Batches,
     *,
-    loss_fn: LossFn = nn.functional.cross_entropy,
+    loss_fn: LossFn = cross_entropy,
     iterations: int = 100,
     tolerance: float = 1e-3,
     probes: int = 32,

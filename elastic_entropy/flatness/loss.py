@@ -15,6 +15,12 @@ Batches = Sequence[tuple[Tensor, Tensor]]
 LossFn = Callable[[Tensor, Tensor], Tensor]  # (model output, targets) -> mean over the chunk
 
 
+def cross_entropy(out: Tensor, target: Tensor) -> Tensor:
+    """The training loss of the passes: ``[B, C]`` logits of a class, or ``[B, T, V]`` of each
+    position's next token, flattened (a mean over tokens for sequences of one length)."""
+    return nn.functional.cross_entropy(out.flatten(0, -2), target.flatten())
+
+
 def fixed_batches(
     x: Tensor, y: Tensor, num_samples: int, batch_size: int
 ) -> list[tuple[Tensor, Tensor]]:
@@ -44,9 +50,7 @@ class TrainingLoss:
     """``f(w)`` on fixed ``batches``: the chunk means ``loss_fn(model(x_b), y_b)`` weighted by
     ``n_b / N``, a function of the flat parameter vector ``w`` (read and written in place)."""
 
-    def __init__(
-        self, model: nn.Module, batches: Batches, loss_fn: LossFn = nn.functional.cross_entropy
-    ) -> None:
+    def __init__(self, model: nn.Module, batches: Batches, loss_fn: LossFn = cross_entropy) -> None:
         if not batches:
             raise ValueError("Invalid batches: empty (the loss needs at least one sample)")
         self.model = model

@@ -377,3 +377,18 @@ def test_measure_is_deterministic_per_seed_and_reports_the_local_entropy() -> No
     assert entropy["inner_lr"] == pytest.approx(default_inner_lr(first["top_eigenvalue"], 1.0))
     assert entropy["loss"] == pytest.approx(first["loss"])
     assert [r["radius"] for r in first["rises"]] == [0.01, 0.1]
+
+
+def test_a_sequence_model_is_measured_on_its_next_token_loss() -> None:
+    """``[B, T, V]`` logits, as the language models' passes train them: the mean over tokens."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(5, 4), nn.Tanh(), nn.Linear(4, 5)).double()
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 5, (6, 7), generator=generator)
+    y = torch.randint(0, 5, (6, 7), generator=generator)
+    loss = TrainingLoss(model, [(x[:4], y[:4]), (x[4:], y[4:])])
+    every = nn.functional.cross_entropy(model(x).reshape(-1, 5), y.reshape(-1))
+    assert loss.value() == pytest.approx(float(every.detach()), rel=1e-12)
+    result = measure(model, [(x, y)], iterations=20, probes=2, radii=[0.1], draws=1,
+                     num_inner_steps=4, num_nodes=1)  # fmt: skip
+    assert math.isfinite(result["top_eigenvalue"]) and math.isfinite(result["trace"])
