@@ -281,6 +281,8 @@ def build_run(cfg: Config, info: DistInfo, run_dir: Path, overrides: tuple[str, 
     data = build_data(cfg, info.device)
     plan = make_plan(cfg, data.num_train, replicas * info.world_size)
     models = _replicas(cfg, data, info)
+    # the reference's container: evaluation.load_reference fills it with the optimizer's
+    # reference, mean_a x^a (independent replicas have no one start to copy), before each use
     reference_model = copy.deepcopy(models[0])
     comm = make_communicator(
         info, replicas, cfg.cluster.processes_per_node, cfg.cluster.inter_node_period
