@@ -12,6 +12,7 @@
 """
 
 from elastic_entropy.optim.consensus import Consensus, DivergedError
+from elastic_entropy.optim.diloco import DiLoCo
 from elastic_entropy.optim.dp_sgd import DataParallelSGD, SGDAfterDDP
 from elastic_entropy.optim.elastic_sgd import ElasticSGD
 from elastic_entropy.optim.entropy_sgd import EntropySGD
@@ -25,6 +26,7 @@ __all__ = [
     "SGD",
     "Consensus",
     "DataParallelSGD",
+    "DiLoCo",
     "DivergedError",
     "ElasticSGD",
     "EntropySGD",

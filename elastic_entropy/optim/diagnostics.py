@@ -18,13 +18,15 @@ def measure(
     """The norms of :data:`DIAGNOSTICS` per replica, taken before the step moves the anchors."""
     x = buffers.anchor_name
     has_inner_loop = x == "anchor"
-    z = "ema" if has_inner_loop else x
+    # the replicas' inner-loop averages; DiLoCo keeps none, its last inner iterates count
+    z = "ema" if "ema" in next(iter(buffers.storages.values())).state else "live"
+    z = z if has_inner_loop else x
     distance = buffers.row_distance(z, means)
     zeros = torch.zeros_like(distance)  # no inner loop: no proximal pull, no entropy
     measured = (
         distance,
         rho * buffers.row_distance(x, means),
         gamma * buffers.row_distance("live", x) if has_inner_loop else zeros,
-        gamma * buffers.row_distance(x, "ema") if has_inner_loop else zeros,
+        gamma * buffers.row_distance(x, z) if has_inner_loop else zeros,
     )
     return {"gamma": gamma, "rho": rho, **dict(zip(DIAGNOSTICS, measured))}

@@ -13,22 +13,25 @@ from elastic_entropy.comm.base import Communicator
 from elastic_entropy.defaults import NUM_INNER_STEPS
 from elastic_entropy.optim import checks
 from elastic_entropy.optim import functional as F
+from elastic_entropy.optim.adamw import ADAM_STATE, adamw_inner_step
 from elastic_entropy.optim.consensus import Consensus, DivergedError, Means, checked_communicator
 from elastic_entropy.optim.diagnostics import DIAGNOSTICS, measure
 from elastic_entropy.optim.flat_buffers import FlatBuffers, group_replicas, replica_param_groups
 from elastic_entropy.optim.inner_lr import follow_lr
+from elastic_entropy.optim.parle_checkpoint import ParleCheckpoint
 from elastic_entropy.scoping import Schedule
 
 __all__ = ["DIAGNOSTICS", "DivergedError", "Parle", "replica_param_groups"]
 
-# each replica's state, without and with an inner loop
+# each replica's state, without and with an inner loop (of SGD, or of AdamW: Entropy-Adam)
 _STATE_NAMES = {
     False: ("outer_momentum",),
     True: ("anchor", "ema", "inner_momentum", "outer_momentum"),
 }
+INNER_OPTIMIZERS = ("sgd", "adamw")
 
 
-class Parle(Optimizer):
+class Parle(ParleCheckpoint, Optimizer):
     r"""Parle (Chaudhari et al., SysML 2018): Entropy-SGD replicas with an elastic reference.
 
     Every replica ``a`` keeps an anchor ``x``; the live parameters are the inner iterate ``y``.
@@ -111,8 +114,16 @@ class Parle(Optimizer):
         overlap: bool = False,
         same_init: bool = True,
         inner_lr_follows_lr: bool = True,
+        inner_optimizer: str = "sgd",
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
     ) -> None:
         checks.check_steps_and_couplings(num_inner_steps, gamma, rho)
+        if inner_optimizer not in INNER_OPTIMIZERS:
+            raise ValueError(
+                f"Invalid inner_optimizer value: {inner_optimizer!r} (choose sgd or adamw)"
+            )
+        self.inner_optimizer = inner_optimizer
         defaults = {
             "lr": lr,
             "inner_lr": inner_lr,
@@ -122,6 +133,8 @@ class Parle(Optimizer):
             "noise": noise,
             "weight_decay": weight_decay,
             "replica": 0,
+            "betas": tuple(betas),  # the AdamW inner step's (inner_optimizer=adamw)
+            "eps": eps,
         }
         super().__init__(params, defaults)
         follow_lr(self.param_groups)  # remember each explicit inner_lr against its lr
@@ -139,7 +152,7 @@ class Parle(Optimizer):
         self._should_diagnose = False
         self._diagnostics: dict[str, Any] | None = None
         self._couplings: dict[str, float] | None = None  # those of the last step() (couplings)
-        self.buffers = FlatBuffers(self.param_groups, replicas, _STATE_NAMES[num_inner_steps > 0])
+        self.buffers = FlatBuffers(self.param_groups, replicas, self._state_names(num_inner_steps))
         if same_init:
             self.buffers.broadcast_live(self.comm)
         self.buffers.link_state(self.state)
@@ -161,6 +174,11 @@ class Parle(Optimizer):
         checks.check_group(self.param_groups[-1])
 
     # ------------------------------------------------------------------ where the run is
+    def _state_names(self, num_inner_steps: int) -> tuple[str, ...]:
+        if self.inner_optimizer == "adamw" and num_inner_steps > 0:
+            return ("anchor", "ema", *ADAM_STATE, "outer_momentum")
+        return _STATE_NAMES[num_inner_steps > 0]
+
     @property
     def num_replicas(self) -> int:
         """Replicas in the whole job."""
@@ -241,19 +259,23 @@ class Parle(Optimizer):
             group, cols = self.param_groups[segment.group_index], segment.cols
             inner_lr = group["inner_lr"] if group["inner_lr"] is not None else group["lr"]
             y = storage.live[:, cols]
-            F.inner_step(
-                [y],
-                [storage.grad[:, cols]],
-                [storage.state["anchor"][:, cols]],
-                [storage.state["inner_momentum"][:, cols]],
-                [storage.scratch[:, cols]],
-                lr=inner_lr,
-                momentum=group["momentum"],
-                nesterov=group["nesterov"],
-                weight_decay=group["weight_decay"],
-                gamma=gamma,
-                couple_after_momentum=self._couple_after_momentum,
-            )
+            if self.inner_optimizer == "adamw":
+                # Entropy-Adam: the moments persist across outer steps, as Adam's
+                adamw_inner_step(storage, group, cols, self.num_steps + 1, inner_lr, gamma)
+            else:
+                F.inner_step(
+                    [y],
+                    [storage.grad[:, cols]],
+                    [storage.state["anchor"][:, cols]],
+                    [storage.state["inner_momentum"][:, cols]],
+                    [storage.scratch[:, cols]],
+                    lr=inner_lr,
+                    momentum=group["momentum"],
+                    nesterov=group["nesterov"],
+                    weight_decay=group["weight_decay"],
+                    gamma=gamma,
+                    couple_after_momentum=self._couple_after_momentum,
+                )
             if group["noise"] > 0.0:
                 assert storage.noise is not None
                 F.add_noise([y], [storage.noise[:, cols]], lr=inner_lr, noise=group["noise"])
@@ -347,19 +369,8 @@ class Parle(Optimizer):
         self._should_diagnose = True
 
     def pop_diagnostics(self) -> dict[str, Any] | None:
-        """What the last requested outer step measured, per replica of this process, or None.
-
-        ``distance``: ``|z - r|``, how far each replica is from the others' consensus: its
-        inner-loop average ``z`` against ``r = mean_a z^a``, the mean this outer step all-reduced
-        (without an inner loop ``z = x``, so this is ``|x - mean_a x^a|``, the distance to the
-        reference). ``elastic_force``: ``rho_t |x - r|``, the elastic pull on the anchor.
-        ``prox_force``: ``gamma_t |y - x|``, the inner loop's proximal pull on its last
-        iterate. ``entropy_grad``: ``gamma_t |x - z|``, the norm of the local-entropy gradient
-        estimate (``grad f_t(x) = (x - <y>) / t`` with ``t = 1 / gamma`` and ``z`` estimating
-        ``<y>``). The last two are 0 without an inner loop. CPU float64 tensors of shape
-        ``[replicas_per_process]`` (the names are :data:`DIAGNOSTICS`), with the ``gamma`` and
-        ``rho`` that step used.
-        """
+        """What the last requested outer step measured, per replica of this process, or None
+        (:data:`DIAGNOSTICS`, explained in :mod:`~elastic_entropy.optim.diagnostics`)."""
         diagnostics, self._diagnostics = self._diagnostics, None
         return diagnostics
 
@@ -377,36 +388,3 @@ class Parle(Optimizer):
     def anchors(self, replica: int) -> list[Tensor]:
         """Replica ``replica``'s (local index) anchor ``x``, one tensor per parameter."""
         return self.buffers.anchors(replica)
-
-    # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        state = super().state_dict()
-        state["parle"] = {
-            "num_steps": self.num_steps,
-            **self._settings(),
-            "gamma_schedule": self.gamma_schedule.state_dict(),
-            "rho_schedule": self.rho_schedule.state_dict(),
-            "generators": self.buffers.generator_states(),
-            "in_flight": self.consensus.settle_in_flight(),
-        }
-        return state
-
-    def _settings(self) -> dict[str, int]:
-        """What a checkpoint must have been saved with to resume here."""
-        return {
-            "num_inner_steps": self.num_inner_steps,
-            "replicas_per_process": self.comm.replicas_per_process,
-            "num_replicas": self.comm.num_replicas,
-        }
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        state_dict = dict(state_dict)
-        extra = checks.check_resumable(state_dict.pop("parle", None), self._settings())
-        super().load_state_dict(state_dict)
-        self.buffers.load_state(self.state)
-        self.num_steps = int(extra["num_steps"])
-        self.gamma_schedule.load_state_dict(extra["gamma_schedule"])
-        self.rho_schedule.load_state_dict(extra["rho_schedule"])
-        self.buffers.load_generator_states(extra["generators"])
-        self.consensus.load_in_flight(extra.get("in_flight"))
-        self._couplings = None
