@@ -20,7 +20,17 @@ CASES = [
         ["parle_inner/sgd_foreach", "parle_inner/sgd_fused"],
     ),
     ("communication", ["--steps", "10"], ["parle_L5/ddp", "parle_L25/ddp"]),
-    ("throughput", ["--steps", "10"], ["parle_1x1/sgd_1x1", "parle_2x2/parle_1x4"]),
+    (
+        "throughput",
+        ["--quick", "--steps", "10"],
+        [
+            "parle_1x1/sgd_1x1",
+            "parle_2x2/parle_1x4",
+            "threads:auto/one_alone",
+            "wrn16_4:parle_1x1/sgd_1x1",
+            "lenet:parle_1x1/sgd_1x1",
+        ],
+    ),
     ("replicas_per_device", ["--quick", "--device", "cpu"], ["plain4/one", "app4/one"]),
     ("data_pipeline", ["--quick"], ["gather_augment/gather", "loader_2/gather"]),
     (
@@ -104,3 +114,25 @@ def test_readme_gpu_check_refuses_clearly_without_cuda() -> None:
         "gpu_check.sh: CUDA is not available here; run it on a machine with a GPU"
     ]
     assert (sorted(out.rglob("*")) if out.exists() else None) == before
+
+
+def test_claims_benchmark_quick_writes_the_claim_lines(tmp_path: Path) -> None:
+    """``python -m benchmarks.claims --quick``: four tiny runs, one line per claim, records."""
+    last = _run_benchmark("claims", ["--quick"], tmp_path)
+    assert last.startswith("verdicts: claim 1="), last
+    figures = json.loads((tmp_path / "claims.json").read_text())
+    assert figures["benchmark"] == "claims" and "benchmarks.claims" in figures["command"]
+    verdicts = {"holds", "does not hold", "inconclusive", "not run", "mixed"}
+    for claim in ("1", "2", "2b", "3", "4", "5", "6", "7"):
+        assert figures[f"claim {claim}"]["verdict"].split(" or ")[0] in verdicts
+    records = figures["records"]
+    assert {r["method"] for r in records} == {
+        "sgd",
+        "parle n=3",
+        "entropy_sgd",
+        "parle n=3 frac 0.5",
+    }
+    assert all(0.0 <= r["test_acc"] <= 1.0 and r["curve"] for r in records)
+    assert {"top_eigenvalue", "hessian_trace"} <= {k for r in records for k in r}
+    table = (tmp_path / "claims.md").read_text()
+    assert figures["command"] in table and "claim 7:" in table and "benchmark wall time" in table

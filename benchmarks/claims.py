@@ -1,0 +1,817 @@
+"""The papers' testable claims, rerun with the authors' settings on what runs here.
+
+    python -m benchmarks.claims                    # MNIST-1D (1-D CNN), 5 seeds, 20 and 125 passes
+    python -m benchmarks.claims --quick            # digits, one seed, one pass: the pipeline
+
+The claims (issue 14; Entropy-SGD, ICLR 2017; Parle, SysML 2018; Elastic-SGD):
+1. Parle's reference has a lower test error than SGD (at equal gradient evaluations per replica,
+   and at equal wall-clock on the same workers);
+2. Parle beats Entropy-SGD and Elastic-SGD (2b, the issue's: Parle regularises, its final training
+   error stays above SGD's);
+3. Parle with each replica on a fraction of the data (n=3 frac 0.5, n=6 frac 0.25) matches SGD on
+   all of it;
+4. more replicas help (n = 3, 6, 8);
+5. Entropy-SGD reaches SGD's error in fewer effective epochs (epochs x L = passes over the data);
+6. Parle's and Entropy-SGD's solutions are flatter than SGD's (top Hessian eigenvalue, trace, the
+   rise of the loss under random perturbations);
+7. Elastic-SGD's reference beats SGD on split data (n=3, frac 0.5).
+
+The settings are the authors' (DistESGD and parle_mpi.py, the Entropy-SGD authors' train.lua; see
+shared/reference/papers.md): Parle n=3, L=25, gamma 0.01, rho 1, lr 0.1 with the inner lr fixed
+at 0.1, couplings scoped by (1 + 0.5/nb) per outer step up to 1 and 10, each replica from its own
+initialisation, the outer lr x0.2, x0.04, x0.01 at 1/5, 2/5, 3/5 of the budget (their WRN
+``--lrs [[1,0.1],[2,0.02],[3,0.004],[5,0.001]]`` over 5 Parle epochs); Entropy-SGD the authors'
+(``variant=iclr2017``): lr 1, L=20, inner lr 0.1 fixed, gamma 0.03 x(1 + 1e-3) per outer step
+uncapped, noise 1e-4, lr x0.2, x0.04 at 3/10 and 6/10; Elastic-SGD (``L = 0``) rho 1 with the
+same scoping, lr 0.1 x0.2, x0.04, x0.01 at 0.3, 0.6, 0.8 (their ``-L 0 -B 200`` schedule); SGD
+Nesterov, lr and schedule (cosine or the step drops x0.2 at 0.3, 0.6, 0.8) chosen on validation.
+Budgets are passes over a replica's own data (the papers' effective epochs: the authors' Parle
+epoch is nb outer steps of L minibatches = L passes; their 5 Parle epochs at L=25 = 125 passes):
+the project's 20 and the authors' 125; under ``data.policy=frac`` a replica's passes are over its
+fraction (``epochs`` = passes x frac of the whole training set), as the authors counted them.
+
+Nothing is chosen on test. A validation split (``data.validation_fraction=0.1``) chooses SGD's
+lr and schedule, and at 20 passes each other method's schedule (the authors' step drops or cosine;
+at 125 passes they run the authors' step drops). The equal wall-clock SGD gets the wall time of
+Parle n=3 (its passes scaled by the measured ratio) and its own choice on validation.
+``--workdir DIR`` keeps the runs and reuses finished ones; ``--deadline HH:MM`` (UTC) starts no
+run after that time and reports what finished, labelled partial.
+
+Writes benchmarks/results/claims.{json,md}: the claim lines, the tables, every run's record.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import json
+import math
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.accuracy import COMMON, DATASETS, FLATNESS, flatness_fields
+from benchmarks.common import RESULTS, write_results
+
+WORKLOADS = {
+    "mnist1d": DATASETS["mnist1d"],
+    "digits": DATASETS["digits"],
+    "mnist5k": ["data=mnist5k", "model=lenet"],
+}
+# the authors' algorithms, their constants (the schedule is added per budget)
+PARLE = [
+    "algorithm=parle",
+    "algorithm.num_inner_steps=25",
+    "algorithm.gamma=0.01",
+    "algorithm.rho=1.0",
+    "algorithm.lr=0.1",
+    "algorithm.inner_lr=0.1",
+    "algorithm.replica_init=independent",
+    "scoping=exponential",  # null rates: 0.5 / nb per outer step; caps 1 and 10 (DistESGD)
+]
+METHODS: dict[str, list[str]] = {
+    "sgd": ["algorithm=sgd", "cluster.replicas_per_process=1"],
+    "parle n=3": [*PARLE, "cluster.replicas_per_process=3"],
+    "parle n=6": [*PARLE, "cluster.replicas_per_process=6"],
+    "parle n=8": [*PARLE, "cluster.replicas_per_process=8"],
+    "parle n=3 frac 0.5": [
+        *PARLE,
+        "cluster.replicas_per_process=3",
+        "data.policy=frac",
+        "data.frac=0.5",
+    ],
+    "parle n=6 frac 0.25": [
+        *PARLE,
+        "cluster.replicas_per_process=6",
+        "data.policy=frac",
+        "data.frac=0.25",
+    ],
+    "entropy_sgd": [
+        "algorithm=entropy_sgd",
+        "algorithm.variant=iclr2017",
+        "algorithm.lr=1.0",
+        "algorithm.inner_lr=0.1",
+        "algorithm.num_inner_steps=20",
+        "algorithm.gamma=0.03",
+        "algorithm.noise=0.0001",
+        "scoping.gamma_rate=0.001",
+        "scoping.gamma_max=inf",
+        "cluster.replicas_per_process=1",
+    ],
+    "elastic_sgd n=3": [
+        "algorithm=elastic_sgd",
+        "algorithm.rho=1.0",
+        "algorithm.lr=0.1",
+        "cluster.replicas_per_process=3",
+    ],
+    "elastic_sgd n=3 frac 0.5": [
+        "algorithm=elastic_sgd",
+        "algorithm.rho=1.0",
+        "algorithm.lr=0.1",
+        "cluster.replicas_per_process=3",
+        "data.policy=frac",
+        "data.frac=0.5",
+    ],
+}
+# the authors' step drops per family: (fractions of the budget, factors of lr), inner lr fixed
+STEPS: dict[str, tuple[tuple[float, ...], tuple[float, ...], bool]] = {
+    "parle": ((0.2, 0.4, 0.6), (0.2, 0.04, 0.01), True),
+    "entropy_sgd": ((0.3, 0.6), (0.2, 0.04), True),
+    "elastic_sgd": ((0.3, 0.6, 0.8), (0.2, 0.04, 0.01), False),
+    "sgd": ((0.3, 0.6, 0.8), (0.2, 0.04, 0.008), False),
+}
+SGD_LRS = (0.03, 0.1, 0.3)
+SCHEDULES = ("step", "cosine")
+# the compared models whose flatness is measured (claim 6)
+FLAT = ("sgd", "parle n=3", "entropy_sgd")
+FLATNESS_COLUMNS = ("top_eigenvalue", "hessian_trace", "rise_0.05", "rise_0.1", "local_entropy")
+
+
+def family(method: str) -> str:
+    return method.split()[0]
+
+
+def fraction(method: str) -> float:
+    args = METHODS[method]
+    found = [a.split("=", 1)[1] for a in args if a.startswith("data.frac=")]
+    return float(found[0]) if found else 1.0
+
+
+def schedule_args(method: str, schedule: str, budget: float) -> list[str]:
+    """The lr schedule over a budget of ``budget`` passes of the whole training set."""
+    fixed = STEPS[family(method)][2]
+    inner = ["lr_schedule.inner_lr=fixed"] if fixed else []
+    if schedule == "cosine":
+        return ["lr_schedule=cosine", *inner]
+    at, factors = STEPS[family(method)][:2]
+    milestones = ",".join(f"{budget * a:.6g}" for a in at)
+    return [
+        "lr_schedule=step",
+        f"lr_schedule.milestones=[{milestones}]",
+        f"lr_schedule.factors=[{','.join(f'{f:g}' for f in factors)}]",
+        *inner,
+    ]
+
+
+@dataclass(frozen=True)
+class Job:
+    workload: str
+    method: str
+    budget: str  # "evals" or "wall"
+    passes: float  # per replica, over its own data
+    seed: int
+    schedule: str
+    lr: float | None = None  # SGD's, from the grid
+    flatness: bool = False
+
+    def overrides(self, flat_args: list[str]) -> list[str]:
+        epochs = self.passes * fraction(self.method)  # passes of the whole training set
+        args = [
+            *COMMON,
+            *WORKLOADS[self.workload],
+            *METHODS[self.method],
+            *(["algorithm.lr=" + f"{self.lr:g}"] if self.lr is not None else []),
+            *schedule_args(self.method, self.schedule, epochs),
+            "epoch_unit=pass",
+            f"epochs={epochs:.6g}",
+            f"eval_every={max(epochs / 20, 1e-3):.6g}",  # 20 points of the test curve
+            f"seed={self.seed}",
+        ]
+        return [*args, *(flat_args if self.flatness else [])]
+
+
+@dataclass
+class Bench:
+    workdir: Path
+    flat_args: list[str]
+    deadline: dt.datetime | None
+    workers: int = 2
+    results: dict[Job, dict[str, Any]] = field(default_factory=dict)
+    skipped: list[Job] = field(default_factory=list)
+    failed: dict[Job, str] = field(default_factory=dict)
+
+    def run_dir(self, job: Job) -> Path:
+        overrides = job.overrides(self.flat_args)
+        digest = hashlib.sha256(" ".join(overrides).encode()).hexdigest()[:10]
+        label = f"{job.workload}-{job.method}-{job.budget}-{job.passes:g}-s{job.seed}"
+        return self.workdir / f"{label.replace(' ', '_').replace('=', '')}-{digest}"
+
+    def _one(self, job: Job) -> None:
+        run_dir = self.run_dir(job)
+        if not (run_dir / "results.json").exists():
+            if self.deadline is not None and dt.datetime.now(dt.timezone.utc) > self.deadline:
+                self.skipped.append(job)
+                return
+            if run_dir.exists():
+                shutil.rmtree(run_dir)
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            env.pop("RANK", None)
+            command = [
+                sys.executable,
+                "-m",
+                "elastic_entropy.train",
+                *job.overrides(self.flat_args),
+                f"hydra.run.dir={run_dir}",
+            ]
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                lines = done.stderr.strip().splitlines() or ["(no stderr)"]
+                self.failed[job] = lines[-1]
+                print(f"FAILED {job}: {lines[-1]}", file=sys.stderr, flush=True)
+                return
+            print(f"done {run_dir.name}", file=sys.stderr, flush=True)
+        result = json.loads((run_dir / "results.json").read_text())
+        result["curve"] = _curve(run_dir)
+        self.results[job] = result
+
+    def run(self, jobs: list[Job]) -> None:
+        """The jobs not run yet, ``workers`` at a time (one thread each)."""
+        todo = list(dict.fromkeys(j for j in jobs if j not in self.results))
+        with ThreadPoolExecutor(self.workers) as pool:
+            list(pool.map(self._one, todo))
+
+    def got(self, job: Job) -> dict[str, Any] | None:
+        return self.results.get(job)
+
+
+def _curve(run_dir: Path) -> list[tuple[float, float]]:
+    """(passes of the whole training set, reference test error) at every evaluation."""
+    curve = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        if "reference/test_acc" in record:
+            curve.append((record["epoch"], 1.0 - record["reference/test_acc"]))
+    return curve
+
+
+# ------------------------------------------------------------------------------ the plan
+@dataclass
+class Plan:
+    workload: str
+    seeds: list[int]
+    budgets: list[float]  # passes; the first is the project's, the last the authors'
+    sgd_grid: list[tuple[float, str]]
+    schedules: tuple[str, ...]
+    methods_small: list[str]  # the methods run at the first budget
+    methods_large: list[str]  # at the others
+    wall: bool = True  # equal wall-clock SGD at the first budget
+    chosen: dict[tuple[str, str, float], Job] = field(default_factory=dict)  # seed-0 winners
+
+
+def _val(bench: Bench, job: Job) -> float:
+    found = bench.got(job)
+    return found["reference"]["val_acc"] if found else -1.0
+
+
+def choose(bench: Bench, plan: Plan, method: str, budget: str, passes: float) -> Job | None:
+    """Seed 0's candidates of ``method`` at this budget, the best on validation."""
+    ran = [c for c in candidates(plan, method, budget, passes) if bench.got(c)]
+    if not ran:
+        return None
+    best = max(ran, key=lambda c: _val(bench, c))
+    plan.chosen[(method, budget, passes)] = best
+    return best
+
+
+def seeded(plan: Plan, best: Job, flat: bool) -> list[Job]:
+    return [
+        Job(best.workload, best.method, best.budget, best.passes, s, best.schedule, best.lr, flat)
+        for s in plan.seeds
+    ]
+
+
+def candidates(plan: Plan, method: str, budget: str, passes: float) -> list[Job]:
+    flat = method in FLAT and budget == "evals"
+    if method == "sgd":
+        # one point: its run is the seed-0 run, flatness and all
+        flat = flat and len(plan.sgd_grid) == 1
+        grid = plan.sgd_grid
+        return [Job(plan.workload, "sgd", budget, passes, 0, s, lr, flat) for lr, s in grid]
+    schedules = plan.schedules if passes == plan.budgets[0] else ("step",)
+    return [Job(plan.workload, method, budget, passes, 0, s, None, flat) for s in schedules]
+
+
+def execute(bench: Bench, plan: Plan) -> None:
+    """Stages in order of importance: the first budget's claims, then the authors' budget."""
+    small, rest = plan.budgets[0], plan.budgets[1:]
+    tuned = ["sgd", "parle n=3", "entropy_sgd", "elastic_sgd n=3"]
+    first = [m for m in tuned if m in plan.methods_small]
+    # 1. seed 0's candidates at the first budget
+    bench.run([j for m in first for j in candidates(plan, m, "evals", small)])
+    # 2. every seed of the chosen, the other configurations with Parle's chosen schedule, and the
+    #    equal wall-clock SGD's candidates
+    jobs: list[Job] = []
+    for m in first:
+        best = choose(bench, plan, m, "evals", small)
+        if best:
+            jobs += seeded(plan, best, m in FLAT)
+    parle = plan.chosen.get(("parle n=3", "evals", small))
+    elastic = plan.chosen.get(("elastic_sgd n=3", "evals", small))
+    for m in plan.methods_small:
+        if m in tuned:
+            continue
+        like = elastic if family(m) == "elastic_sgd" else parle
+        if like is not None:
+            jobs += [Job(plan.workload, m, "evals", small, s, like.schedule) for s in plan.seeds]
+    sgd = plan.chosen.get(("sgd", "evals", small))
+    wall_passes = None
+    if plan.wall and parle is not None and sgd is not None:
+        ratio = bench.got(parle)["wall_s"] / bench.got(sgd)["wall_s"]
+        wall_passes = round(small * ratio, 1)
+        jobs += candidates(plan, "sgd", "wall", wall_passes)
+    bench.run(jobs)
+    # 3. the equal wall-clock SGD's seeds; the authors' budget's candidates
+    jobs = []
+    if wall_passes is not None:
+        best = choose(bench, plan, "sgd", "wall", wall_passes)
+        if best:
+            jobs += seeded(plan, best, False)
+    large = [m for m in tuned if m in plan.methods_large]
+    jobs += [
+        j
+        for p in rest
+        for m in large
+        if m != "elastic_sgd n=3"
+        for j in candidates(plan, m, "evals", p)
+    ]
+    bench.run(jobs)
+    # 4. the authors' budget's seeds (Elastic-SGD's last: the costliest, claim 2 only)
+    jobs = []
+    for p in rest:
+        for m in large:
+            if m == "elastic_sgd n=3":
+                continue
+            best = choose(bench, plan, m, "evals", p)
+            if best:
+                jobs += seeded(plan, best, m in FLAT)
+    bench.run(jobs)
+    if "elastic_sgd n=3" in large:
+        jobs = [j for p in rest for j in candidates(plan, "elastic_sgd n=3", "evals", p)]
+        bench.run(jobs)
+        jobs = []
+        for p in rest:
+            best = choose(bench, plan, "elastic_sgd n=3", "evals", p)
+            if best:
+                jobs += seeded(plan, best, False)
+        bench.run(jobs)
+
+
+# --------------------------------------------------------------------------- the numbers
+def runs_of(bench: Bench, plan: Plan, method: str, budget: str, passes: float) -> list[dict]:
+    """The seeds' results of ``method`` at this budget (the chosen schedule's)."""
+    if method in ("sgd", "parle n=3", "entropy_sgd", "elastic_sgd n=3"):
+        best = plan.chosen.get((method, budget, passes))
+        if best is None:
+            return []
+        jobs = seeded(plan, best, method in FLAT and budget == "evals")
+    else:
+        like = plan.chosen.get(
+            ("elastic_sgd n=3" if family(method) == "elastic_sgd" else "parle n=3", budget, passes)
+        )
+        if like is None:
+            return []
+        jobs = [Job(plan.workload, method, budget, passes, s, like.schedule) for s in plan.seeds]
+    return [r for j in jobs if (r := bench.got(j)) is not None]
+
+
+@dataclass
+class Stat:
+    mean: float
+    std: float
+    n: int
+
+    def __str__(self) -> str:
+        return f"{100 * self.mean:.2f} ± {100 * self.std:.2f}% (n={self.n})"
+
+
+def _s(value: Stat | None) -> str:
+    return str(value) if value is not None else "not run"
+
+
+def stat(values: list[float]) -> Stat | None:
+    if not values:
+        return None
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return Stat(statistics.mean(values), std, len(values))
+
+
+def error(runs: list[dict], key: str = "test_acc") -> Stat | None:
+    return stat([1.0 - r["reference"][key] for r in runs])
+
+
+def verdict(better: Stat | None, worse: Stat | None) -> str:
+    """'holds' when ``better`` is lower than ``worse`` by more than the seeds' spread (the rms
+    of the two stds), 'does not hold' when higher by more, else 'inconclusive'."""
+    if better is None or worse is None:
+        return "not run"
+    noise = math.sqrt((better.std**2 + worse.std**2) / 2)
+    diff = better.mean - worse.mean
+    if abs(diff) <= noise:
+        return "inconclusive"
+    return "holds" if diff < 0 else "does not hold"
+
+
+def combine(verdicts: list[str]) -> str:
+    found = [v for v in verdicts if v != "not run"]
+    if not found:
+        return "not run"
+    if all(v == found[0] for v in found):
+        return found[0]
+    if "does not hold" in found and "holds" not in found:
+        return "does not hold or inconclusive"
+    if "holds" in found and "does not hold" not in found:
+        return "holds or inconclusive"
+    return "mixed"
+
+
+def claims(bench: Bench, plan: Plan) -> tuple[list[str], dict[str, Any]]:
+    """One line per claim: the numbers (test error, mean ± std over seeds) and the verdict."""
+    small, large = plan.budgets[0], plan.budgets[-1]
+    wall = next((k[2] for k in plan.chosen if k[:2] == ("sgd", "wall")), None)
+
+    def err(method: str, passes: float, budget: str = "evals", key: str = "test_acc"):
+        return error(runs_of(bench, plan, method, budget, passes), key)
+
+    lines, figures = [], {}
+
+    def line(number: str, text: str, result: str, numbers: dict[str, Any]) -> None:
+        lines.append(f"claim {number}: {text} -> {result}")
+        figures[f"claim {number}"] = {
+            "verdict": result,
+            **{k: (vars(v) if isinstance(v, Stat) else v) for k, v in numbers.items()},
+        }
+
+    # 1. Parle's reference beats SGD
+    parts, verdicts, numbers = [], [], {}
+    budgets = [(small, "evals", small)]
+    budgets += [(wall, "wall", small)] if wall is not None else []
+    budgets += [(large, "evals", large)] if large != small else []
+    for sgd_passes, budget, parle_passes in budgets:
+        p, s = err("parle n=3", parle_passes), err("sgd", sgd_passes, budget)
+        v = verdict(p, s)
+        verdicts.append(v)
+        label = f"{parle_passes:g} passes, equal {budget}"
+        label += f" (SGD {sgd_passes:g} passes)" if budget == "wall" else ""
+        parts.append(f"[{label}] parle n=3 {_s(p)} vs sgd {_s(s)}: {v}")
+        numbers[f"{label}: parle n=3"], numbers[f"{label}: sgd"] = p, s
+    line(
+        "1",
+        "Parle's reference beats SGD (test error); " + "; ".join(parts),
+        combine(verdicts),
+        numbers,
+    )
+
+    # 2. Parle beats Entropy-SGD and Elastic-SGD
+    parts, verdicts, numbers = [], [], {}
+    for passes in dict.fromkeys([small, large]):
+        p = err("parle n=3", passes)
+        e, el = err("entropy_sgd", passes), err("elastic_sgd n=3", passes)
+        v = [verdict(p, e), verdict(p, el)]
+        verdicts += v
+        parts.append(
+            f"[{passes:g} passes] parle n=3 {_s(p)} vs entropy_sgd {_s(e)} ({v[0]}), "
+            f"vs elastic_sgd n=3 {_s(el)} ({v[1]})"
+        )
+        numbers.update(
+            {
+                f"{passes:g}: parle n=3": p,
+                f"{passes:g}: entropy_sgd": e,
+                f"{passes:g}: elastic_sgd n=3": el,
+            }
+        )
+    line(
+        "2",
+        "Parle beats Entropy-SGD and Elastic-SGD; " + "; ".join(parts),
+        combine(verdicts),
+        numbers,
+    )
+
+    # 2b. (the issue's) Parle regularises: its final training error stays above SGD's
+    parts, verdicts, numbers = [], [], {}
+    for passes in dict.fromkeys([small, large]):
+        p, s = err("parle n=3", passes, key="train_acc"), err("sgd", passes, key="train_acc")
+        v = verdict(s, p)  # holds when SGD's training error is the lower one
+        verdicts.append(v)
+        parts.append(f"[{passes:g} passes] parle n=3 train error {_s(p)} vs sgd {_s(s)}: {v}")
+        numbers.update({f"{passes:g}: parle n=3 train": p, f"{passes:g}: sgd train": s})
+    line(
+        "2b",
+        "Parle's final training error stays above SGD's; " + "; ".join(parts),
+        combine(verdicts),
+        numbers,
+    )
+
+    # 3. Parle on fractions of the data matches SGD on all of it
+    s = err("sgd", small)
+    parts, verdicts, numbers = [], [], {"sgd": s}
+    for method in ("parle n=3 frac 0.5", "parle n=6 frac 0.25"):
+        f = err(method, small)
+        v = verdict(f, s)
+        v = {"inconclusive": "holds (within the spread)"}.get(v, v)
+        verdicts.append("holds" if v.startswith("holds") else v)
+        parts.append(f"{method} {_s(f)}: {v}")
+        numbers[method] = f
+    line(
+        "3",
+        f"Parle on fractions matches SGD on all the data [{small:g} passes of each "
+        f"replica's own data] sgd {_s(s)}; " + "; ".join(parts),
+        combine(verdicts),
+        numbers,
+    )
+
+    # 4. more replicas help
+    es = {n: err(f"parle n={n}", small) for n in (3, 6, 8)}
+    v = [verdict(es[6], es[3]), verdict(es[8], es[6]), verdict(es[8], es[3])]
+    result = "holds" if v[2] == "holds" and v[0] != "does not hold" else combine([v[0], v[2]])
+    line(
+        "4",
+        f"more replicas help [{small:g} passes] "
+        + ", ".join(f"n={n} {_s(e)}" for n, e in es.items())
+        + f"; 6 vs 3: {v[0]}, 8 vs 6: {v[1]}, 8 vs 3: {v[2]}",
+        result,
+        {f"n={n}": e for n, e in es.items()},
+    )
+
+    # 5. Entropy-SGD reaches SGD's error in fewer effective epochs
+    target_stat = err("sgd", large)
+    numbers = {"sgd": target_stat}
+    if target_stat is None:
+        line("5", "Entropy-SGD reaches SGD's error in fewer effective epochs", "not run", numbers)
+    else:
+        target = target_stat.mean + target_stat.std
+        reach = {}
+        for method in ("sgd", "entropy_sgd"):
+            found = [
+                first_reach(runs_of(bench, plan, method, "evals", p), target)
+                for p in dict.fromkeys([small, large])
+            ]
+            found = [f for f in found if f is not None]
+            reach[method] = min(found) if found else None
+        e_small, e_large = err("entropy_sgd", small), err("entropy_sgd", large)
+        numbers.update(
+            {"entropy_sgd small": e_small, "entropy_sgd large": e_large, "passes to reach": reach}
+        )
+        ks, ke = reach["sgd"], reach["entropy_sgd"]
+        if ke is None:
+            result = "does not hold" if ks is not None else "inconclusive"
+        elif ks is None or ke < ks:
+            result = "holds"
+        else:
+            result = "does not hold" if ke > ks else "inconclusive"
+        line(
+            "5",
+            f"Entropy-SGD reaches SGD's error in fewer effective epochs; target: sgd at "
+            f"{large:g} passes {target_stat} + 1 std = {100 * target:.2f}%; mean test curve "
+            f"first at or below it: sgd after {_passes(ks)}, entropy_sgd after {_passes(ke)}; "
+            f"entropy_sgd final {_s(e_small)} at {small:g}, {_s(e_large)} at {large:g} passes",
+            result,
+            numbers,
+        )
+
+    # 6. flatter solutions
+    passes = large if runs_of(bench, plan, "sgd", "evals", large) else small
+    measures = {}
+    verdicts = []
+    parts = []
+    for name in ("top_eigenvalue", "hessian_trace", "rise_0.1"):
+        got = {m: flat_stat(runs_of(bench, plan, m, "evals", passes), name) for m in FLAT}
+        measures[name] = got
+        v = [verdict(got[m], got["sgd"]) for m in ("parle n=3", "entropy_sgd")]
+        verdicts += v
+        parts.append(
+            f"{name}: parle n=3 {_g(got['parle n=3'])} ({v[0]}), entropy_sgd "
+            f"{_g(got['entropy_sgd'])} ({v[1]}), sgd {_g(got['sgd'])}"
+        )
+    line(
+        "6",
+        f"Parle's and Entropy-SGD's solutions are flatter than SGD's [{passes:g} passes] "
+        + "; ".join(parts),
+        combine(verdicts),
+        {k: {m: vars(s) if s else None for m, s in v.items()} for k, v in measures.items()},
+    )
+
+    # 7. Elastic-SGD on split data beats SGD
+    el, s = err("elastic_sgd n=3 frac 0.5", small), err("sgd", small)
+    line(
+        "7",
+        f"Elastic-SGD's reference beats SGD on split data [{small:g} passes of each "
+        f"replica's own data] elastic_sgd n=3 frac 0.5 {_s(el)} vs sgd {_s(s)} (parle n=3 frac 0.5 "
+        f"{_s(err('parle n=3 frac 0.5', small))})",
+        verdict(el, s),
+        {"elastic": el, "sgd": s},
+    )
+    return lines, figures
+
+
+def first_reach(runs: list[dict], target: float) -> float | None:
+    """The first passes (over a replica's data) at which the seeds' mean test error is at or
+    below ``target``; the curves share their evaluation points."""
+    curves = [r["curve"] for r in runs if r["curve"]]
+    if not curves:
+        return None
+    length = min(len(c) for c in curves)
+    for k in range(length):
+        if statistics.mean(c[k][1] for c in curves) <= target:
+            return curves[0][k][0]
+    return None
+
+
+def flat_stat(runs: list[dict], name: str) -> Stat | None:
+    values = [flatness_fields(r).get(name) for r in runs]
+    return stat([v for v in values if v is not None])
+
+
+def _g(s: Stat | None) -> str:
+    return f"{s.mean:.3g} ± {s.std:.2g} (n={s.n})" if s else "–"
+
+
+def _passes(k: float | None) -> str:
+    return f"{k:.3g} passes" if k is not None else "never"
+
+
+def tables(bench: Bench, plan: Plan) -> str:
+    """Every configuration: test error, training error, val acc, wall time; and flatness."""
+    rows = [
+        f"{plan.workload}: reference test error, mean ± std over seeds (chosen schedule on val)",
+        f"  {'method':<26}{'budget':<7}{'passes':>7}{'sched':>7}{'lr':>6}{'test error':>26}"
+        f"{'train error':>24}{'val acc':>9}{'wall s':>8}",
+    ]
+    keys = sorted(
+        {(j.method, j.budget, j.passes) for j in bench.results if j.workload == plan.workload},
+        key=lambda k: (k[2] if k[1] == "evals" else 1e9, list(METHODS).index(k[0])),
+    )
+    for method, budget, passes in keys:
+        runs = runs_of(bench, plan, method, budget, passes)
+        if not runs:
+            continue
+        best = plan.chosen.get((method, budget, passes))
+        like = "elastic_sgd n=3" if family(method) == "elastic_sgd" else "parle n=3"
+        schedule = (best or plan.chosen[(like, budget, passes)]).schedule
+        lr = f"{best.lr:g}" if best and best.lr else "–"
+        rows.append(
+            f"  {method:<26}{budget:<7}{passes:>7g}{schedule:>7}{lr:>6}"
+            f"{error(runs)!s:>26}{error(runs, 'train_acc')!s:>24}"
+            f"{statistics.mean(r['reference']['val_acc'] for r in runs):>9.4f}"
+            f"{statistics.mean(r['wall_s'] for r in runs):>8.1f}"
+        )
+    rows += [
+        "",
+        "flatness of the reference on its training loss (1,024 samples), mean ± std "
+        "over seeds: top Hessian eigenvalue, Hutchinson trace, loss rise at relative "
+        "radius r, local entropy f_gamma (gamma 1)",
+        f"  {'method':<14}{'passes':>7}" + "".join(f"{n:>22}" for n in FLATNESS_COLUMNS),
+    ]
+    for passes in dict.fromkeys(plan.budgets):
+        for method in FLAT:
+            runs = runs_of(bench, plan, method, "evals", passes)
+            if not runs or "flatness" not in runs[0]:
+                continue
+            cells = [flat_stat(runs, n) for n in FLATNESS_COLUMNS]
+            rows.append(
+                f"  {method:<14}{passes:>7g}"
+                + "".join(f"{_g(c).replace(' (n=', ' n=').rstrip(')'):>22}" for c in cells)
+            )
+    return "\n".join(rows)
+
+
+def records(bench: Bench) -> list[dict[str, Any]]:
+    out = []
+    for job, r in bench.results.items():
+        out.append(
+            {
+                "workload": job.workload,
+                "method": job.method,
+                "budget": job.budget,
+                "passes": job.passes,
+                "seed": job.seed,
+                "schedule": job.schedule,
+                "lr": job.lr,
+                "num_replicas": r["num_replicas"],
+                "test_acc": r["reference"]["test_acc"],
+                "train_acc": r["reference"]["train_acc"],
+                "val_acc": r["reference"]["val_acc"],
+                "wall_s": r["wall_s"],
+                "grad_evals_per_replica": r["steps_per_replica"],
+                "curve": r["curve"],
+                **flatness_fields(r),
+            }
+        )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--seeds", type=int, default=None)
+    parser.add_argument("--budgets", type=float, nargs="+", default=None, help="passes")
+    parser.add_argument("--workload", default=None, choices=list(WORKLOADS))
+    parser.add_argument("--out", type=Path, default=None, help="results folder")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the runs here")
+    parser.add_argument("--deadline", default=None, help="HH:MM UTC: no run starts after it")
+    parser.add_argument("--workers", type=int, default=2, help="runs at a time")
+    args = parser.parse_args()
+    start = time.perf_counter()
+    deadline = None
+    if args.deadline:
+        hour, minute = map(int, args.deadline.split(":"))
+        now = dt.datetime.now(dt.timezone.utc)
+        deadline = now.replace(hour=hour, minute=minute, second=0, microsecond=0)
+    if args.quick:
+        plan = Plan(
+            workload=args.workload or "digits",
+            seeds=list(range(args.seeds or 1)),
+            budgets=args.budgets or [1.0],
+            sgd_grid=[(0.1, "cosine")],
+            schedules=("step",),
+            # four runs, two at a time: under a minute on two cores
+            methods_small=["sgd", "parle n=3", "entropy_sgd", "parle n=3 frac 0.5"],
+            methods_large=[],
+            wall=False,
+        )
+        flat_args = [
+            *FLATNESS,
+            "flatness.num_samples=128",
+            "flatness.num_inner_steps=0",
+            "flatness.iterations=5",
+            "flatness.probes=2",
+            "flatness.draws=2",
+        ]
+    else:
+        plan = Plan(
+            workload=args.workload or "mnist1d",
+            seeds=list(range(args.seeds or 5)),
+            budgets=args.budgets or [20.0, 125.0],
+            sgd_grid=[(lr, s) for lr in SGD_LRS for s in SCHEDULES],
+            schedules=SCHEDULES,
+            methods_small=[*METHODS],
+            methods_large=["sgd", "parle n=3", "entropy_sgd", "elastic_sgd n=3"],
+        )
+        flat_args = list(FLATNESS)
+    folder = args.out or RESULTS
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
+        bench = Bench(workdir, flat_args, deadline, args.workers)
+        execute(bench, plan)
+        lines, figures = claims(bench, plan)
+        table = tables(bench, plan)
+    wall_s = time.perf_counter() - start
+    partial = bool(bench.skipped or bench.failed)
+    head = [
+        f"claims on {plan.workload} ({' '.join(WORKLOADS[plan.workload])}), seeds per "
+        f"configuration: {len(plan.seeds)}, budgets: {', '.join(f'{b:g}' for b in plan.budgets)} "
+        "passes per replica; errors are reference test errors, mean ± std over seeds (n); a "
+        "difference within the seeds' spread is inconclusive",
+    ]
+    if partial:
+        head.append(
+            f"PARTIAL: {len(bench.skipped)} run(s) not started by the deadline "
+            f"{args.deadline} UTC, {len(bench.failed)} failed; the lines say n per configuration"
+        )
+    text = "\n".join(
+        [
+            *head,
+            "",
+            *lines,
+            "",
+            table,
+            "",
+            f"benchmark wall time: {wall_s:.0f} s ({len(bench.results)} runs)",
+        ]
+    )
+    print(text)
+    figures.update(
+        {
+            "workload": plan.workload,
+            "seeds": plan.seeds,
+            "budgets": plan.budgets,
+            "partial": partial,
+            "skipped": [vars_(j) for j in bench.skipped],
+            "failed": {str(vars_(j)): e for j, e in bench.failed.items()},
+            "chosen": {f"{k[0]} {k[1]} {k[2]:g}": vars_(j) for k, j in plan.chosen.items()},
+            "wall_s": wall_s,
+            "records": records(bench),
+        }
+    )
+    write_results("claims", figures, text, folder)
+    ratios = {}
+    for key in ("claim 1", "claim 2", "claim 3", "claim 4", "claim 5", "claim 6", "claim 7"):
+        ratios[key] = figures[key]["verdict"]
+    print("verdicts: " + "; ".join(f"{k}={v}" for k, v in ratios.items()))
+
+
+def vars_(job: Job) -> dict[str, Any]:
+    return {k: getattr(job, k) for k in Job.__dataclass_fields__}
+
+
+if __name__ == "__main__":
+    main()
