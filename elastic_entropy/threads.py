@@ -123,3 +123,10 @@ def set_intra_op_threads(
     if is_main:
         log.info("intra-op threads: %d (%s)", torch.get_num_threads(), why)
     return torch.get_num_threads()
+
+
+def log_choice(threads: str, device: torch.device, processes_per_node: int | None) -> None:
+    """The count torch runs with and why, once the run is accepted: a run refused at its start
+    (a finished or busy run directory) leaves the directory's train.log as it was."""
+    _, why = choose_threads(threads, os.environ, device, processes_per_node)
+    log.info("intra-op threads: %d (%s)", torch.get_num_threads(), why)

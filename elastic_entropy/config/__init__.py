@@ -27,9 +27,11 @@ from elastic_entropy.config._checks import (
     check_numbers,
 )
 from elastic_entropy.config.algorithm import (
+    AdamWConfig,
     AlgorithmConfig,
     DataParallelSGDConfig,
     DDPConfig,
+    DiLoCoConfig,
     ElasticSGDConfig,
     EntropySGDConfig,
     LocalSGDConfig,
@@ -196,6 +198,8 @@ GROUPS: dict[str, dict[str, Any]] = {
         "dp_sgd": DataParallelSGDConfig,
         "local_sgd": LocalSGDConfig,
         "ddp": DDPConfig,
+        "adamw": AdamWConfig,
+        "diloco": DiLoCoConfig,
     },
     "model": {
         "cnn1d": CNN1DConfig,

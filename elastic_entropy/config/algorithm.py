@@ -3,7 +3,7 @@ schedule of the couplings."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 from omegaconf import MISSING
@@ -18,6 +18,29 @@ REPLICA_INITS = ("independent", "shared")
 RATE_PERIODS = ("nb_outer_steps", "pass")
 # Entropy-SGD's update: Parle's inner loop with rho = 0, or the Entropy-SGD authors' own
 ENTROPY_SGD_VARIANTS = ("parle", "iclr2017")
+# the inner loop's step: Nesterov SGD, or AdamW (Entropy-Adam, DiLoCo)
+INNER_OPTIMIZERS = ("sgd", "adamw")
+
+
+def _check_adam(config: Any) -> None:
+    """``betas`` and ``eps`` of an AdamW step, and which inner step it is."""
+    _require(
+        len(config.betas) == 2 and all(0.0 <= b < 1.0 for b in config.betas),
+        "algorithm.betas",
+        list(config.betas),
+        "needs two numbers in [0, 1)",
+    )
+    _require(config.eps > 0.0, "algorithm.eps", config.eps, "must be > 0")
+    _require(
+        config.inner_optimizer in INNER_OPTIMIZERS,
+        "algorithm.inner_optimizer",
+        config.inner_optimizer,
+        f"choose one of {', '.join(INNER_OPTIMIZERS)}",
+    )
+
+
+def _adam_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {**kwargs, "betas": tuple(kwargs["betas"])}  # YAML lists, torch's tuples
 
 
 @dataclass
@@ -62,9 +85,18 @@ class _InnerLoopConfig(AlgorithmConfig):
     gamma: float = 0.03
     alpha: float = 0.75
     noise: float = 0.0
+    # sgd: the inner loop's Nesterov step (momentum); adamw: Entropy-Adam, the coupling
+    # gamma (y - x) added to the gradient before Adam's moments (betas, eps)
+    inner_optimizer: str = "sgd"
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        return _adam_kwargs(super().optimizer_kwargs())
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check_adam(self)
         if self.inner_lr is not None:
             _non_negative("algorithm.inner_lr", self.inner_lr)
         _require(
@@ -106,6 +138,12 @@ class EntropySGDConfig(_InnerLoopConfig):
             "algorithm.variant",
             self.variant,
             f"choose one of {', '.join(ENTROPY_SGD_VARIANTS)}",
+        )
+        _require(
+            not (self.variant == "iclr2017" and self.inner_optimizer == "adamw"),
+            "algorithm.inner_optimizer",
+            self.inner_optimizer,
+            "variant=iclr2017 is the authors' SGD inner loop; use variant=parle for Entropy-Adam",
         )
 
 
@@ -181,6 +219,65 @@ class LocalSGDConfig(AlgorithmConfig):
 
     def steps_per_exchange(self) -> int:
         return self.num_local_steps
+
+
+@dataclass
+class AdamWConfig(AlgorithmConfig):
+    """AdamW on the same machinery: the baseline of Entropy-Adam and DiLoCo."""
+
+    name: str = "adamw"
+    lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    inner_optimizer: str = "adamw"  # what the step is (not an argument of the optimizer)
+    RUN_KEYS: ClassVar[tuple[str, ...]] = (
+        "name", "replica_init", "momentum", "nesterov", "inner_optimizer",
+    )  # fmt: skip
+
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        return _adam_kwargs(super().optimizer_kwargs())
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_adam(self)
+        _require(
+            (self.momentum, self.nesterov) == (0.9, True) and self.inner_optimizer == "adamw",
+            "algorithm.momentum",
+            self.momentum,
+            "algorithm=adamw has no momentum of its own: its moments' rates are algorithm.betas",
+        )
+
+
+@dataclass
+class DiLoCoConfig(AlgorithmConfig):
+    """DiLoCo: H = num_inner_steps AdamW steps per replica alone, then an outer Nesterov step
+    (lr, momentum) on x - mean_a y^a, the one exchange; the replicas start as copies."""
+
+    name: str = "diloco"
+    lr: float = 0.7  # the outer step's, as the paper's
+    momentum: float = 0.9
+    replica_init: str = "shared"
+    num_inner_steps: int = 50
+    inner_lr: float = 1e-3
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    inner_optimizer: str = "adamw"  # sgd: a plain SGD inner step (the parity corners)
+    DEFAULT_REPLICAS: ClassVar[int] = 4
+
+    def optimizer_kwargs(self) -> dict[str, Any]:
+        return _adam_kwargs(super().optimizer_kwargs())
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _shared_only(self)
+        _check_adam(self)
+        _non_negative("algorithm.inner_lr", self.inner_lr)
+        _require(
+            self.num_inner_steps >= 1,
+            "algorithm.num_inner_steps",
+            self.num_inner_steps,
+            "must be >= 1 (DiLoCo's H: the steps between exchanges)",
+        )
 
 
 @dataclass

@@ -2,8 +2,9 @@
 
 Off by default because it costs more than the default job's training itself (about 1,000
 gradients and 40 Hessian-vector products on ``num_samples`` training points: 31 s against 12 s of
-training on a 2-core CPU), and it changes nothing that is trained; ``flatness.enabled=true`` writes its numbers into
-``results.json`` under ``flatness`` (see :mod:`elastic_entropy.flatness` for the equations).
+training on a 2-core CPU), and it changes nothing that is trained; ``flatness.enabled=true``
+writes its numbers into ``results.json`` under ``flatness`` (see :mod:`elastic_entropy.flatness`
+for the equations).
 """
 
 from __future__ import annotations

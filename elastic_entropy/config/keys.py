@@ -57,8 +57,13 @@ def _nearest(found: UnknownKey) -> str | None:
     close = get_close_matches(leaf, found.siblings, n=1)
     if close:
         return prefix + close[0]
-    # the key under another group (+batch_size=32 for data.batch_size): a stricter match
-    leaves = {key.rpartition(".")[2]: key for key in found.valid}
+    if parent:  # a group's key: the group's own keys say more than a namesake elsewhere
+        return None
+    # a top-level key meant for a group (+batch_size=32 for data.batch_size): a stricter match,
+    # the first group in the config's order where two have the leaf (data before flatness)
+    leaves: dict[str, str] = {}
+    for key in found.valid:
+        leaves.setdefault(key.rpartition(".")[2], key)
     close = get_close_matches(leaf, list(leaves), n=1, cutoff=0.8)
     return leaves[close[0]] if close else None
 

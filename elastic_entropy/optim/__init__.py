@@ -11,6 +11,7 @@
 - ``sgd``, ``elastic_sgd``, ``entropy_sgd``, ``local_sgd``, ``dp_sgd``: the presets and baselines.
 """
 
+from elastic_entropy.optim.adam import AdamW
 from elastic_entropy.optim.consensus import Consensus, DivergedError
 from elastic_entropy.optim.diloco import DiLoCo
 from elastic_entropy.optim.dp_sgd import DataParallelSGD, SGDAfterDDP
@@ -24,6 +25,7 @@ from elastic_entropy.optim.sgd import SGD
 __all__ = [
     "DIAGNOSTICS",
     "SGD",
+    "AdamW",
     "Consensus",
     "DataParallelSGD",
     "DiLoCo",

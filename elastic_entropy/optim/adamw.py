@@ -72,3 +72,13 @@ def adamw_inner_step(
         weight_decay=group["weight_decay"],
         gamma=gamma,
     )
+
+
+def check_adam(lr: float, betas: tuple[float, float], eps: float, name: str = "lr") -> None:
+    """AdamW's hyper-parameters, each bad one a one-line ValueError as torch.optim's."""
+    if not lr >= 0.0:
+        raise ValueError(f"Invalid {name} value: {lr} (AdamW's rate: must be >= 0)")
+    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
+        raise ValueError(f"Invalid betas value: {list(betas)} (two numbers in [0, 1))")
+    if not eps > 0.0:
+        raise ValueError(f"Invalid eps value: {eps} (must be > 0)")

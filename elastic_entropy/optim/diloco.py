@@ -9,7 +9,7 @@ from torch import Tensor
 
 from elastic_entropy.comm.base import Communicator
 from elastic_entropy.optim import functional as F
-from elastic_entropy.optim.adamw import ADAM_STATE, adamw_inner_step
+from elastic_entropy.optim.adamw import ADAM_STATE, adamw_inner_step, check_adam
 from elastic_entropy.optim.parle import Parle
 
 
@@ -60,12 +60,13 @@ class DiLoCo(Parle):
         comm: Communicator | None = None,
         same_init: bool = True,
         inner_optimizer: str = "adamw",
+        inner_lr_follows_lr: bool = False,
     ) -> None:
         if not isinstance(num_inner_steps, int) or num_inner_steps < 1:
             raise ValueError(
                 f"Invalid num_inner_steps value: {num_inner_steps} (DiLoCo's H: an int >= 1)"
             )
-        _check_adam(inner_lr, betas, eps)
+        check_adam(inner_lr, betas, eps, name="inner_lr")
         super().__init__(
             params,
             lr,
@@ -78,7 +79,8 @@ class DiLoCo(Parle):
             weight_decay=weight_decay,
             comm=comm,
             same_init=same_init,
-            inner_lr_follows_lr=False,  # the outer and inner rates are separate choices here
+            # off by default: the outer and inner rates are separate choices here
+            inner_lr_follows_lr=inner_lr_follows_lr,
             inner_optimizer=inner_optimizer,
             betas=betas,
             eps=eps,
@@ -122,11 +124,3 @@ class DiLoCo(Parle):
             storage.live.copy_(storage.state["anchor"])
         self.consensus.quarantine(valid_global, self.num_steps + 1)
 
-
-def _check_adam(inner_lr: float, betas: tuple[float, float], eps: float) -> None:
-    if not inner_lr >= 0.0:
-        raise ValueError(f"Invalid inner_lr value: {inner_lr} (AdamW's rate: must be >= 0)")
-    if len(betas) != 2 or not all(0.0 <= b < 1.0 for b in betas):
-        raise ValueError(f"Invalid betas value: {list(betas)} (two numbers in [0, 1))")
-    if not eps > 0.0:
-        raise ValueError(f"Invalid eps value: {eps} (must be > 0)")

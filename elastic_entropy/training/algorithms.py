@@ -11,7 +11,9 @@ from elastic_entropy.comm import Communicator
 from elastic_entropy.config import Config
 from elastic_entropy.optim import (
     SGD,
+    AdamW,
     DataParallelSGD,
+    DiLoCo,
     ElasticSGD,
     EntropySGD,
     LocalSGD,
@@ -44,6 +46,9 @@ ALGORITHMS: dict[str, Algorithm] = {
     "dp_sgd": Algorithm(DataParallelSGD, replicas_are_copies=True),
     "local_sgd": Algorithm(LocalSGD),
     "ddp": Algorithm(SGDAfterDDP, is_data_parallel_wrapped=True, replicas_are_copies=True),
+    "adamw": Algorithm(AdamW),
+    # the shared x is every replica's anchor; an added replica starts from it with zero moments
+    "diloco": Algorithm(DiLoCo),
 }
 
 

@@ -121,6 +121,10 @@ ADDED_KEYS: dict[str, Any] = {
     "loss_scale": 65536.0,
     "channels_last": False,
     "data.seq_len": 64,
+    # issue 16: the inner loop's step (earlier runs: Nesterov SGD)
+    "algorithm.inner_optimizer": "sgd",
+    "algorithm.betas": [0.9, 0.999],
+    "algorithm.eps": 1e-8,
     "compile": False,
     # the input path: earlier runs held their data as tensors (what auto does with theirs)
     "data.pipeline": "auto",

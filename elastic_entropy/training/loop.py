@@ -12,7 +12,7 @@ from torch import Tensor
 from elastic_entropy.config import Config
 from elastic_entropy.distributed import any_rank, as_peer_lost, init_distributed, teardown
 from elastic_entropy.loggers import Progress
-from elastic_entropy.threads import set_intra_op_threads
+from elastic_entropy.threads import log_choice, set_intra_op_threads
 from elastic_entropy.training.evaluation import eval_metrics
 from elastic_entropy.training.metrics import SHOWN, base_metrics, log_quarantine, train_metrics
 from elastic_entropy.training.preemption import EXIT_INTERRUPTED, Preempted, StopSignals
@@ -37,7 +37,7 @@ def train(cfg: Config, run_dir: Path, overrides: tuple[str, ...] = ()) -> dict[s
         info = init_distributed(cfg.cluster.backend, cfg.cluster.device, cfg.cluster.timeout_s)
         # before the first parallel op: the data, the model and every step run with it
         cluster = cfg.cluster
-        set_intra_op_threads(cluster.threads, info.device, cluster.processes_per_node, info.is_main)
+        set_intra_op_threads(cluster.threads, info.device, cluster.processes_per_node, False)
         lock = None
         try:
             run_dir, lock = prepare_run_dir(run_dir, info, cfg.checkpoint.resume)
@@ -72,6 +72,9 @@ def fit(run: Run, stop: StopSignals) -> float:
     """
     plan, counters = run.plan, run.counters
     resume(run)
+    if run.info.is_main:  # after the last refusal: a refused run leaves train.log as it was
+        cluster = run.cfg.cluster
+        log_choice(cluster.threads, run.info.device, cluster.processes_per_node)
     progress = _progress_bar(run)
     shown: dict[str, float] = {}
     counters.start_clock()

@@ -219,14 +219,15 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
     (
         "unknown algorithm",
         ["algorithm=adam"],
-        "unknown algorithm 'adam'; choose one of ddp, dp_sgd, elastic_sgd, entropy_sgd, "
-        "local_sgd, parle, sgd",
+        "unknown algorithm 'adam'; choose one of adamw, ddp, diloco, dp_sgd, elastic_sgd, "
+        "entropy_sgd, local_sgd, parle, sgd",
         _none,
     ),
     (
         "unknown model",
         ["model=resnet"],
-        "unknown model 'resnet'; choose one of allcnn, cnn1d, lenet, mlp, resnet18, wrn",
+        "unknown model 'resnet'; choose one of allcnn, char_lstm, cnn1d, lenet, mlp, resnet18, "
+        "transformer, wrn",
         _none,
     ),
     (
@@ -488,7 +489,12 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
         _none,
     ),
     # issue 15: torch's intra-op threads
-    ("zero threads", ["cluster.threads=0"], "Invalid cluster.threads: '0' (choose auto or a", _none),
+    (
+        "zero threads",
+        ["cluster.threads=0"],
+        "Invalid cluster.threads: '0' (choose auto or a",
+        _none,
+    ),
     ("threads not a count", ["cluster.threads=abc"], "Invalid cluster.threads: 'abc'", _none),
 ]
 BASE = [

@@ -155,7 +155,7 @@ BAD = [
     (
         "unknown option of yours",
         ["model=tinyy"],
-        "unknown model 'tinyy'; choose one of allcnn, cnn1d,",
+        "unknown model 'tinyy'; choose one of allcnn, char_lstm, cnn1d,",
     ),
 ]
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from elastic_entropy.optim import DiLoCo, Parle, replica_param_groups
+from elastic_entropy.optim import AdamW, DiLoCo, Parle, replica_param_groups
 
 DTYPE = torch.float64  # the parity is of the arithmetic: no float32 roundings between orders
 
@@ -244,3 +244,26 @@ def test_bad_diloco_settings_are_one_line() -> None:
     ):
         with pytest.raises(ValueError, match=message):
             DiLoCo(params(), **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_adamw_corner_is_torchs_adamw_bit_for_bit_on_every_replica() -> None:
+    models, theirs = [_net(0), _net(3)], [_net(0), _net(3)]
+    opt = AdamW(
+        replica_param_groups(m.parameters() for m in models), lr=0.01, weight_decay=0.1,
+        betas=(0.8, 0.99), eps=1e-6,
+    )  # fmt: skip
+    references = [
+        torch.optim.AdamW(m.parameters(), lr=0.01, weight_decay=0.1, betas=(0.8, 0.99), eps=1e-6,
+                          foreach=False)
+        for m in theirs
+    ]  # fmt: skip
+    for t, _ in enumerate(_batches(6)):
+        batches = _batches(6)
+        for a in range(2):
+            _grad(models[a], batches[(t + a) % 6])
+            _grad(theirs[a], batches[(t + a) % 6])
+            references[a].step()
+        opt.step()
+        opt.zero_grad()
+    for model, reference in zip(models, theirs):
+        assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
