@@ -29,6 +29,7 @@ from elastic_entropy.config._checks import (
 from elastic_entropy.config.algorithm import (
     AdamWConfig,
     AlgorithmConfig,
+    DataParallelAdamWConfig,
     DataParallelSGDConfig,
     DDPConfig,
     DiLoCoConfig,
@@ -199,6 +200,7 @@ GROUPS: dict[str, dict[str, Any]] = {
         "local_sgd": LocalSGDConfig,
         "ddp": DDPConfig,
         "adamw": AdamWConfig,
+        "dp_adamw": DataParallelAdamWConfig,
         "diloco": DiLoCoConfig,
     },
     "model": {

@@ -249,6 +249,20 @@ class AdamWConfig(AlgorithmConfig):
 
 
 @dataclass
+class DataParallelAdamWConfig(AdamWConfig):
+    """Data-parallel AdamW: every replica's gradient averaged every minibatch (DiLoCo's
+    baseline)."""
+
+    name: str = "dp_adamw"
+    replica_init: str = "shared"
+    DEFAULT_REPLICAS: ClassVar[int] = 4
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _shared_only(self)
+
+
+@dataclass
 class DiLoCoConfig(AlgorithmConfig):
     """DiLoCo: H = num_inner_steps AdamW steps per replica alone, then an outer Nesterov step
     (lr, momentum) on x - mean_a y^a, the one exchange; the replicas start as copies."""

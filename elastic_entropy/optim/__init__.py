@@ -11,7 +11,7 @@
 - ``sgd``, ``elastic_sgd``, ``entropy_sgd``, ``local_sgd``, ``dp_sgd``: the presets and baselines.
 """
 
-from elastic_entropy.optim.adam import AdamW
+from elastic_entropy.optim.adam import AdamW, DataParallelAdamW
 from elastic_entropy.optim.consensus import Consensus, DivergedError
 from elastic_entropy.optim.diloco import DiLoCo
 from elastic_entropy.optim.dp_sgd import DataParallelSGD, SGDAfterDDP
@@ -27,6 +27,7 @@ __all__ = [
     "SGD",
     "AdamW",
     "Consensus",
+    "DataParallelAdamW",
     "DataParallelSGD",
     "DiLoCo",
     "DivergedError",

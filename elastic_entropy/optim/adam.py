@@ -9,6 +9,7 @@ from torch import Tensor
 
 from elastic_entropy.comm.base import Communicator
 from elastic_entropy.optim.adamw import ADAM_STATE, adamw_inner_step, check_adam
+from elastic_entropy.optim.dp_sgd import require_finite
 from elastic_entropy.optim.parle import Parle
 
 
@@ -55,7 +56,24 @@ class AdamW(Parle):
     def exchange(self) -> Tensor | None:
         """Every replica's own AdamW step; nothing is exchanged but the finite-rows flags."""
         valid_global = self.consensus.exchange_validity("live", self.num_steps + 1)
+        self._adamw_step()
+        return valid_global
+
+    def _adamw_step(self) -> None:
         for segment, storage in self.buffers.segment_storages():
             group = self.param_groups[segment.group_index]
             adamw_inner_step(storage, group, segment.cols, self.num_steps + 1, group["lr"], 0.0)
-        return valid_global
+
+
+class DataParallelAdamW(AdamW):
+    r"""Synchronous data-parallel AdamW: every call all-reduces the whole gradient (one collective
+    of one flat buffer), then every replica takes the same AdamW step, so that ``n`` replicas with
+    batch ``B`` are AdamW with batch ``n B``: DiLoCo's baseline (same arguments as
+    :class:`AdamW`)."""
+
+    def exchange(self) -> None:
+        for grad in self.buffers.flat("grad").values():
+            mean = self.comm.mean(grad)
+            require_finite(mean, self.num_steps + 1)
+            grad.copy_(mean.expand_as(grad))
+        self._adamw_step()

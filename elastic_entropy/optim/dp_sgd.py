@@ -9,7 +9,7 @@ from elastic_entropy.optim.consensus import DivergedError
 from elastic_entropy.optim.sgd import SGD
 
 
-def _require_finite(grad: Tensor, step: int) -> None:
+def require_finite(grad: Tensor, step: int) -> None:
     # one shared gradient: if it is not finite, every replica has diverged alike
     if not bool(torch.isfinite(grad.sum(dtype=torch.float64))):
         raise DivergedError(f"the averaged gradient is not finite at step {step}; lower lr")
@@ -32,7 +32,7 @@ class DataParallelSGD(SGD):
         """All-reduce the gradients, then every replica takes the same step."""
         for grad in self.buffers.flat("grad").values():
             mean = self.comm.mean(grad)
-            _require_finite(mean, self.num_steps + 1)
+            require_finite(mean, self.num_steps + 1)
             grad.copy_(mean.expand_as(grad))
         self.elastic_update()
 
@@ -47,5 +47,5 @@ class SGDAfterDDP(SGD):
     def exchange(self) -> None:
         """No collective: DDP has averaged the gradients already."""
         for grad in self.buffers.flat("grad").values():
-            _require_finite(grad, self.num_steps + 1)
+            require_finite(grad, self.num_steps + 1)
         self.elastic_update()

@@ -64,6 +64,9 @@ class EntropySGD(Parle):
         same_init: bool = True,
         inner_lr_follows_lr: bool = True,
         variant: str = "parle",
+        inner_optimizer: str = "sgd",
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
     ) -> None:
         if num_inner_steps < 1:
             raise ValueError(
@@ -94,4 +97,7 @@ class EntropySGD(Parle):
             seed=seed,
             same_init=same_init,
             inner_lr_follows_lr=inner_lr_follows_lr,
+            inner_optimizer=inner_optimizer,  # adamw: Entropy-Adam
+            betas=betas,
+            eps=eps,
         )

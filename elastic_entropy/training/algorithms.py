@@ -12,6 +12,7 @@ from elastic_entropy.config import Config
 from elastic_entropy.optim import (
     SGD,
     AdamW,
+    DataParallelAdamW,
     DataParallelSGD,
     DiLoCo,
     ElasticSGD,
@@ -47,6 +48,7 @@ ALGORITHMS: dict[str, Algorithm] = {
     "local_sgd": Algorithm(LocalSGD),
     "ddp": Algorithm(SGDAfterDDP, is_data_parallel_wrapped=True, replicas_are_copies=True),
     "adamw": Algorithm(AdamW),
+    "dp_adamw": Algorithm(DataParallelAdamW, replicas_are_copies=True),
     # the shared x is every replica's anchor; an added replica starts from it with zero moments
     "diloco": Algorithm(DiLoCo),
 }

@@ -44,6 +44,11 @@ def build_data(cfg: Config, device: torch.device) -> DataSplits | DatasetSplits:
             return target_loaders(sets, cfg.data.num_classes, device, options)
         splits = target_splits(sets, cfg.data.num_classes)
     elif cfg.data.name in TEXT_SETS:
+        if cfg.data.validation_fraction > 0.0 or cfg.data.train_fraction < 1.0:
+            log.warning(
+                "data.validation_fraction and data.train_fraction do nothing for text: its "
+                "splits are cut by position (90/5/5)"
+            )
         splits = text_splits(cfg.data.name, cfg.data.root, cfg.data.seq_len)
     else:
         splits = load_dataset(

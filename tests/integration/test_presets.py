@@ -41,7 +41,16 @@ def test_a_preset_composes_with_its_papers_constants(name: str) -> None:
     assert cfg.lr_schedule.name == "step"
     # the last milestone ends before the run does
     assert cfg.lr_schedule.milestones[-1] < cfg.epochs
-    if not name.startswith("sgd"):
+    if name.endswith("pydoc"):  # text: the language-model presets (issue 16)
+        assert (cfg.data.name, cfg.lr_schedule.milestones[-1] < cfg.epochs) == ("pydoc", True)
+        assert cfg.model.name in ("char_lstm", "transformer")
+    if name.startswith("diloco"):
+        assert (cfg.algorithm.lr, cfg.algorithm.momentum) == (0.7, 0.9)  # the paper's outer step
+        assert (cfg.algorithm.num_inner_steps, cfg.algorithm.replica_init) == (50, "shared")
+    if name.startswith("entropy_adam"):
+        assert cfg.algorithm.inner_optimizer == "adamw" and cfg.algorithm.num_inner_steps == 5
+        assert (cfg.epoch_unit, cfg.epochs) == ("nb_outer_steps", 5)  # 25 effective epochs
+    if not name.startswith(("sgd", "adam_", "diloco")):
         # the authors' budgets, in their epochs of nb outer steps (issue 14)
         assert cfg.epoch_unit == "nb_outer_steps"
         assert cfg.scoping.rate_period == "nb_outer_steps"

@@ -11,7 +11,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from elastic_entropy.optim import AdamW, DiLoCo, Parle, replica_param_groups
+from elastic_entropy.optim import AdamW, DataParallelAdamW, DiLoCo, Parle, replica_param_groups
 
 DTYPE = torch.float64  # the parity is of the arithmetic: no float32 roundings between orders
 
@@ -267,3 +267,23 @@ def test_the_adamw_corner_is_torchs_adamw_bit_for_bit_on_every_replica() -> None
         opt.zero_grad()
     for model, reference in zip(models, theirs):
         assert all(torch.equal(p, q) for p, q in zip(model.parameters(), reference.parameters()))
+
+
+def test_data_parallel_adamw_is_adamw_on_an_n_times_batch() -> None:
+    models = [_net(0) for _ in range(3)]
+    opt = DataParallelAdamW(replica_param_groups(m.parameters() for m in models), lr=0.01)
+    big = _net(0)
+    adamw = torch.optim.AdamW(big.parameters(), lr=0.01, weight_decay=0.0, foreach=False)
+    batches = _batches(6)
+    for t in range(len(batches)):
+        three = [batches[(t + a) % len(batches)] for a in range(3)]
+        for model, batch in zip(models, three):
+            _grad(model, batch)
+        opt.step()
+        opt.zero_grad()
+        big.zero_grad()
+        (sum(nn.functional.cross_entropy(big(x), y) for x, y in three) / 3).backward()
+        adamw.step()
+    for model in models:  # every replica the same, and AdamW's on the large batch
+        for p, q in zip(model.parameters(), big.parameters()):
+            assert torch.allclose(p, q, rtol=1e-10, atol=1e-12)
