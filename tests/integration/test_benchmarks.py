@@ -33,6 +33,7 @@ CASES = [
     ),
     ("replicas_per_device", ["--quick", "--device", "cpu"], ["plain4/one", "app4/one"]),
     ("data_pipeline", ["--quick"], ["gather_augment/gather", "loader_2/gather"]),
+    ("text", ["--quick"], ["diloco_H50:bytes/dp", "diloco_H50:ppl/dp", "parle_adamw_L10:ppl/dp"]),
     (
         "exposed_comm",
         ["--quick", "--num-inner-steps", "3", "--outer", "1"],
