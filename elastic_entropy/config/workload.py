@@ -99,6 +99,13 @@ class LeNetConfig(ModelConfig):
         return {**super().model_kwargs(), "channels": tuple(self.channels), "pools": pools}
 
 
+def _sizes_and_dropout(config: Any, sizes: tuple[str, ...]) -> None:
+    """A language model's sizes (each >= 1) and its dropout rate."""
+    for key in sizes:
+        _require(getattr(config, key) >= 1, f"model.{key}", getattr(config, key), "must be >= 1")
+    _require(0.0 <= config.dropout < 1.0, "model.dropout", config.dropout, "must be in [0, 1)")
+
+
 @dataclass
 class CharLSTMConfig(ModelConfig):
     """The char-rnn shape: an embedding, LSTM layers, a linear read-out per position."""
@@ -110,9 +117,7 @@ class CharLSTMConfig(ModelConfig):
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        for key in ("embedding", "hidden", "layers"):
-            _require(getattr(self, key) >= 1, f"model.{key}", getattr(self, key), "must be >= 1")
-        _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "must be in [0, 1)")
+        _sizes_and_dropout(self, ("embedding", "hidden", "layers"))
 
 
 @dataclass
@@ -126,15 +131,13 @@ class TransformerConfig(ModelConfig):
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        for key in ("width", "layers", "heads"):
-            _require(getattr(self, key) >= 1, f"model.{key}", getattr(self, key), "must be >= 1")
+        _sizes_and_dropout(self, ("width", "layers", "heads"))
         _require(
             self.width % self.heads == 0,
             "model.width",
             self.width,
             f"must be a multiple of model.heads={self.heads}",
         )
-        _require(0.0 <= self.dropout < 1.0, "model.dropout", self.dropout, "must be in [0, 1)")
 
 
 @dataclass

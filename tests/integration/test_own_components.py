@@ -93,16 +93,22 @@ LOADER_COMMAND = (
 TESTED = {README_COMMAND, LOADER_COMMAND}
 
 
-def test_your_model_and_data_from_your_config_folder(user_folder: Path) -> None:
+def _as_written(command: str, folder: Path, *extra: str) -> subprocess.CompletedProcess:
+    """A README command run as it is written, from the user's folder, with ``extra`` keys."""
     done = subprocess.run(
-        ["bash", "-c", f"{README_COMMAND} progress=false"],
-        cwd=user_folder,
+        ["bash", "-c", " ".join([command, *extra])],
+        cwd=folder,
         env=cli_env(),
         capture_output=True,
         text=True,
         timeout=240,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_your_model_and_data_from_your_config_folder(user_folder: Path) -> None:
+    done = _as_written(README_COMMAND, user_folder, "progress=false")
     run_dir = user_folder / done.stdout.split("run directory: ")[-1].strip()
     result = json.loads((run_dir / "results.json").read_text())
     assert result["num_replicas"] == 4 and result["reference"]["test_acc"] > 0.8
@@ -115,15 +121,7 @@ def test_your_data_set_read_through_loaders_trains_as_when_held(user_folder: Pat
     the minibatches, and so the reference, are those of the data held as tensors."""
     job = ["max_steps=40", "deterministic=true", "progress=false"]
     for name, command in (("held", README_COMMAND), ("loaded", LOADER_COMMAND)):
-        done = subprocess.run(
-            ["bash", "-c", f"{command} {' '.join(job)} hydra.run.dir={name}"],
-            cwd=user_folder,
-            env=cli_env(),
-            capture_output=True,
-            text=True,
-            timeout=240,
-        )
-        assert done.returncode == 0, done.stderr[-3000:]
+        _as_written(command, user_folder, *job, f"hydra.run.dir={name}")
     held, loaded = (
         torch.load(user_folder / name / "reference.pt", weights_only=True)
         for name in ("held", "loaded")
