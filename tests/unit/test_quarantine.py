@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from elastic_entropy.optim import DivergedError, ElasticSGD, Parle, replica_param_groups
+from elastic_entropy.optim import DiLoCo, DivergedError, ElasticSGD, Parle, replica_param_groups
 
 
 def _replicas(n: int) -> list[nn.Module]:
@@ -81,3 +81,28 @@ def test_uncoupled_sgd_replicas_exchange_only_their_flags_and_still_quarantine()
     others = [torch.stack([p0, p1]).mean(0) for p0, p1 in zip(opt.anchors(0), opt.anchors(1))]
     for p, want in zip(models[2].parameters(), others):
         torch.testing.assert_close(p.detach(), want)
+
+
+def test_a_diverged_diloco_replica_leaves_the_mean_and_restarts_from_x() -> None:
+    """DiLoCo: a NaN in one replica's inner AdamW steps; the outer step takes the mean of the
+    other two, and the diverged replica (its Adam moments too) starts again from the shared x."""
+    models = _replicas(3)
+    opt = DiLoCo(replica_param_groups(m.parameters() for m in models), num_inner_steps=3)
+    for _ in range(4):
+        _step(models, opt)
+    _step(models, opt, poisoned=2)
+    while not opt.is_outer_step_done:
+        _step(models, opt)
+    assert opt.quarantine_events == [{"step": opt.num_steps, "replica": 2}]
+    x = opt.reference()
+    assert all(torch.isfinite(r).all() for r in x)
+    for model in models:  # every replica, the reset one included, starts the round at x
+        for p, r in zip(model.parameters(), x):
+            torch.testing.assert_close(p.detach(), r)
+    for storage in opt.buffers.storages.values():  # the reset replica's moments start afresh
+        for name in ("adam_avg", "adam_avg_sq"):
+            assert not storage.state[name][2].any() and storage.state[name][0].any()
+    for _ in range(6):
+        _step(models, opt)
+    assert all(torch.isfinite(p).all() for m in models for p in m.parameters())
+    assert len(opt.quarantine_events) == 1
