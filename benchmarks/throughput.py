@@ -5,7 +5,8 @@
     python -m benchmarks.throughput --device cuda  # the GPU's sections (benchmarks/gpu_check.sh)
 
 Real runs of the app, side by side in one invocation; samples/s per replica = minibatches x batch
-/ training time, from each run's results.json.
+/ training time (each run's results.json, and its last metrics record's time: the final
+evaluation left out).
 
 1. Layouts (MNIST-1D, the 1-D CNN, batch 64): one replica of Parle against one of SGD in one
    process (what Parle's inner and outer steps cost), then 4 Parle replicas as 1 process x 4
@@ -42,6 +43,7 @@ COMMON = [
     "eval_every=100000",
     "checkpoint.every_outer_steps=100000",
     "logger.plots=false",
+    "logger.eval_replicas=false",  # the final evaluation is no part of the training time
 ]
 WRN = ["model=wrn", "model.depth=16", "model.widen_factor=4", "data=mnist5k"]
 LENET = ["model=lenet", "data=mnist5k"]
@@ -97,10 +99,15 @@ def _figures(process: subprocess.Popen[bytes], run_dir: Path, args: list[str]) -
     batch = int(next(a.split("=")[1] for a in args if a.startswith("data.batch_size=")))
     samples = result["steps_per_replica"] * batch
     logged = THREAD_LOG.findall((run_dir / "train.log").read_text())
+    # the training time up to the last minibatch: the last metrics record's, taken before that
+    # record's final evaluation (which results.json's wall_s includes: minutes for a WRN)
+    records = (run_dir / "metrics.jsonl").read_text().splitlines()
+    train_s = [r["elapsed_s"] for r in map(json.loads, records) if "elapsed_s" in r][-1]
     return {
         "wall_s": result["wall_s"],
+        "train_s": train_s,
         "samples_per_replica": samples,
-        "samples_per_s_per_replica": samples / result["wall_s"],
+        "samples_per_s_per_replica": samples / train_s,
         "num_replicas": result["num_replicas"],
         "processes": result["processes"],
         "cuda_graphs": result.get("cuda_graphs", False),
