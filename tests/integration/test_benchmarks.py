@@ -118,21 +118,18 @@ def test_readme_gpu_check_refuses_clearly_without_cuda() -> None:
 
 
 def test_claims_benchmark_quick_writes_the_claim_lines(tmp_path: Path) -> None:
-    """``python -m benchmarks.claims --quick``: four tiny runs, one line per claim, records."""
+    """``python -m benchmarks.claims --quick``: three tiny runs, one line per claim, records."""
     last = _run_benchmark("claims", ["--quick"], tmp_path)
     assert last.startswith("verdicts: claim 1="), last
     figures = json.loads((tmp_path / "claims.json").read_text())
     assert figures["benchmark"] == "claims" and "benchmarks.claims" in figures["command"]
     verdicts = {"holds", "does not hold", "inconclusive", "not run", "mixed"}
     for claim in ("1", "2", "2b", "3", "4", "5", "6", "7"):
-        assert figures[f"claim {claim}"]["verdict"].split(" or ")[0] in verdicts
+        # claim 6 has one verdict per method: "parle n=3: holds; entropy_sgd: mixed"
+        for part in figures[f"claim {claim}"]["verdict"].split("; "):
+            assert part.split(": ")[-1].split(" or ")[0] in verdicts, part
     records = figures["records"]
-    assert {r["method"] for r in records} == {
-        "sgd",
-        "parle n=3",
-        "entropy_sgd",
-        "parle n=3 frac 0.5",
-    }
+    assert {r["method"] for r in records} == {"sgd", "parle n=3", "entropy_sgd"}
     assert all(0.0 <= r["test_acc"] <= 1.0 and r["curve"] for r in records)
     assert {"top_eigenvalue", "hessian_trace"} <= {k for r in records for k in r}
     table = (tmp_path / "claims.md").read_text()
