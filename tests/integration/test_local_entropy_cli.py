@@ -12,14 +12,29 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 FIGURES = ("local_entropy.png", "scoping.png", "flat_minima.png", "metastability.png")
 
 
-def _run(*args: str) -> subprocess.CompletedProcess[str]:
+# the README's command, run as it is written (test_slurm checks every README command is in a set)
+README_COMMAND = "python -m elastic_entropy.local_entropy plots --out figures/"
+TESTED = {README_COMMAND}
+
+
+def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "elastic_entropy.local_entropy", *args],
         capture_output=True,
         text=True,
         timeout=180,
         check=False,
+        cwd=cwd,
     )
+
+
+@pytest.mark.slow
+def test_the_readme_command_writes_the_figures(tmp_path: Path):
+    argv = README_COMMAND.split()
+    assert argv[:3] == ["python", "-m", "elastic_entropy.local_entropy"]
+    result = _run(*argv[3:], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert all((tmp_path / "figures" / name).read_bytes()[:8] == PNG_MAGIC for name in FIGURES)
 
 
 @pytest.mark.slow

@@ -96,12 +96,14 @@ def _commands(text: str) -> list[str]:
 def test_every_command_of_the_launch_sections_is_run_here() -> None:
     from tests.distributed.test_elastic_resume import TESTED as ELASTIC_TESTED
     from tests.integration.test_docker import TESTED as DOCKER_TESTED
+    from tests.integration.test_local_entropy_cli import TESTED as LOCAL_ENTROPY_TESTED
     from tests.integration.test_own_components import TESTED as OWN_TESTED
     from tests.integration.test_presets import TESTED as PRESETS_TESTED
 
     commands = _commands((REPO / "README.md").read_text())
     assert commands, "no ```sh block found"
     tested = TESTED | DOCKER_TESTED | ELASTIC_TESTED | OWN_TESTED | PRESETS_TESTED
+    tested |= LOCAL_ENTROPY_TESTED
     untested = [c for c in commands if c not in tested]
     assert not untested, f"commands no test runs: {untested}"
 
