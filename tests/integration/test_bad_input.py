@@ -219,8 +219,8 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
     (
         "unknown algorithm",
         ["algorithm=adam"],
-        "unknown algorithm 'adam'; choose one of adamw, ddp, diloco, dp_sgd, elastic_sgd, "
-        "entropy_sgd, local_sgd, parle, sgd",
+        "unknown algorithm 'adam'; choose one of adamw, ddp, diloco, dp_adamw, dp_sgd, "
+        "elastic_sgd, entropy_sgd, local_sgd, parle, sgd",
         _none,
     ),
     (
