@@ -154,16 +154,20 @@ def main() -> None:
         )
     text = "\n".join(lines)
     print(text)
-    out = args.out or RESULTS
-    write_results("text", {"records": records, "summary": table}, text, out)
-    _plot(table, out / "text.png")
-    ratios = []
+    ratios: dict[str, float] = {}
     for name, row in table.items():
         if name != "dp_adamw":
             share = row["bytes_per_replica"] / max(base["bytes_per_replica"], 1)
-            ratios.append(f"{name}:bytes/dp={share:.4f}")
-            ratios.append(f"{name}:ppl/dp={row['val_perplexity'] / base['val_perplexity']:.3f}")
-    print("ratios: " + " ".join(ratios), flush=True)
+            ratios[f"{name}:bytes/dp"] = share
+            ratios[f"{name}:ppl/dp"] = row["val_perplexity"] / base["val_perplexity"]
+    out = args.out or RESULTS
+    figures = {"records": records, "summary": table, "ratios": ratios}
+    write_results("text", figures, text, out)
+    _plot(table, out / "text.png")
+    line = " ".join(
+        f"{k}={v:.4f}" if k.endswith("bytes/dp") else f"{k}={v:.3f}" for k, v in ratios.items()
+    )
+    print("ratios: " + line, flush=True)
 
 
 if __name__ == "__main__":
