@@ -1,9 +1,14 @@
-"""Optimizer step: Parle's inner and outer steps against torch.optim.SGD (foreach, fused).
+"""Optimizer step: Parle's inner and outer steps, fused and eager, against torch.optim.SGD.
 
     python -m benchmarks.optimizer_step            # WRN-28-10 shapes, about 36.5M parameters
     python -m benchmarks.optimizer_step --quick    # WRN-16-2 shapes, CI-sized
 
-Same parameters, same gradients, one process, side by side in one run. Prints the table and the
+Same parameters, same gradients, one process, side by side in one run: torch's SGD (foreach and
+fused), Parle's steps fused (``fused=True``: one compiled pass per update, see
+``elastic_entropy.optim.fused``; compiling happens in the warm-up calls, not timed) and eager (the
+reference, ``fused=False``). Goals: parle_inner/sgd_fused <= 1.8 and parle_outer/sgd_fused <= 2.0
+on a CPU (the inner step moves 8 buffers' worth of memory against fused SGD's 5: 1.6 at the
+bandwidth bound), <= 1.3 for the inner step on a GPU. Prints the table and the
 memory per replica of SGD, Parle and DDP (benchmarks/memory.py: each in a fresh process), then one
 line of ratios; writes benchmarks/results/optimizer_step.{json,md}.
 """
@@ -62,14 +67,15 @@ def time_sgd(
 
 
 def time_parle(
-    shapes: list[tuple[int, ...]], device: torch.device, repeats: int
+    shapes: list[tuple[int, ...]], device: torch.device, repeats: int, fused: bool
 ) -> tuple[float, float]:
-    params = make_params(shapes, device)
-    inner = Parle(params, lr=0.01, num_inner_steps=10**9, weight_decay=5e-4, gamma=0.03)
+    options = {"lr": 0.01, "weight_decay": 5e-4, "gamma": 0.03, "fused": fused}
+    inner = Parle(make_params(shapes, device), num_inner_steps=10**9, **options)
     inner_s = median_seconds(inner.step, repeats=repeats)
-    params = make_params(shapes, device)
-    both = Parle(params, lr=0.01, num_inner_steps=1, weight_decay=5e-4, gamma=0.03, rho=1.0)
+    both = Parle(make_params(shapes, device), num_inner_steps=1, rho=1.0, **options)
     both_s = median_seconds(both.step, repeats=repeats)  # an inner step, then the outer step
+    if fused and not (inner.is_fused and both.is_fused):
+        raise SystemExit("optimizer_step: the fused step could not compile here (see the warning)")
     return inner_s, max(both_s - inner_s, 0.0)
 
 
@@ -90,25 +96,35 @@ def main() -> None:
         "sgd_foreach_s": time_sgd(shapes, device, repeats, foreach=True),
         "sgd_fused_s": time_sgd(shapes, device, repeats, fused=True),
     }
-    times["parle_inner_s"], times["parle_outer_s"] = time_parle(shapes, device, repeats)
+    times["parle_inner_s"], times["parle_outer_s"] = time_parle(shapes, device, repeats, True)
+    eager = time_parle(shapes, device, repeats, False)
+    times["parle_inner_eager_s"], times["parle_outer_eager_s"] = eager
+    fused_sgd = times["sgd_fused_s"]
     ratios = {
+        "parle_inner/sgd_fused": times["parle_inner_s"] / fused_sgd,
+        "parle_outer/sgd_fused": times["parle_outer_s"] / fused_sgd,
         "parle_inner/sgd_foreach": times["parle_inner_s"] / times["sgd_foreach_s"],
-        "parle_inner/sgd_fused": times["parle_inner_s"] / times["sgd_fused_s"],
-        "parle_outer/sgd_foreach": times["parle_outer_s"] / times["sgd_foreach_s"],
+        "parle_inner_eager/sgd_fused": times["parle_inner_eager_s"] / fused_sgd,
+        "parle_outer_eager/sgd_fused": times["parle_outer_eager_s"] / fused_sgd,
+        "parle_inner/parle_inner_eager": times["parle_inner_s"] / times["parle_inner_eager_s"],
     }
     rows = [
         f"WRN-{depth}-{width} shapes: {len(shapes)} tensors, {numel / 1e6:.2f}M parameters, "
         f"{device}"
     ]
     rows += [f"  {'step':<22}{'ms':>10}{'GB/s moved':>12}"]
+    # the buffers each step must read and write at least (the outer step: x, z, u in, and x, u,
+    # y, z out, plus the finite-rows check's read of z)
     for name, passes in (
         ("sgd_foreach", 5),
         ("sgd_fused", 5),
-        ("parle_inner", 9),
+        ("parle_inner", 8),
         ("parle_outer", 8),
+        ("parle_inner_eager", 8),
+        ("parle_outer_eager", 8),
     ):
         seconds = times[f"{name}_s"]
-        rate = passes * numel * 4 / max(seconds, 1e-12) / 1e9  # rough bytes read + written
+        rate = passes * numel * 4 / max(seconds, 1e-12) / 1e9  # the least bytes moved / time
         rows.append(f"  {name:<22}{seconds * 1e3:>10.2f}{rate:>12.1f}")
     memory = measure_all(depth, width, device)  # each algorithm in a fresh process
     rows += table_rows(memory)

@@ -51,10 +51,15 @@ class AlgorithmConfig:
     nesterov: bool = True
     weight_decay: float = 0.0
     replica_init: str = "independent"  # one of REPLICA_INITS; read by the run, not the optimizer
+    # each update as one compiled pass over the flat buffers (optim.fused): null, on a GPU with
+    # Triton; true, anywhere (a CPU too); false, the eager reference steps
+    fused: bool | None = None
     # replicas per process when cluster.replicas_per_process is left unset
     DEFAULT_REPLICAS: ClassVar[int] = 1
     # the keys that are not the optimizer's arguments
     RUN_KEYS: ClassVar[tuple[str, ...]] = ("name", "replica_init")
+    # whether the optimizer has fused steps (the SGD family's; AdamW's steps are eager)
+    HAS_FUSED_STEP: ClassVar[bool] = True
 
     def __post_init__(self) -> None:
         _non_negative("algorithm.lr", self.lr)
@@ -68,6 +73,12 @@ class AlgorithmConfig:
             self.replica_init,
             f"choose one of {', '.join(REPLICA_INITS)}",
         )
+        _require(
+            self.HAS_FUSED_STEP or self.fused is not True,
+            "algorithm.fused",
+            self.fused,
+            f"algorithm={self.name} has no fused step (its AdamW steps are eager); leave it null",
+        )
 
     def steps_per_exchange(self) -> int:
         """Minibatches per outer step (one exchange between replicas): 1 without an inner loop."""
@@ -75,7 +86,8 @@ class AlgorithmConfig:
 
     def optimizer_kwargs(self) -> dict[str, Any]:
         """Everything but ``RUN_KEYS``: the keys are the optimizer's argument names."""
-        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.RUN_KEYS}
+        run_keys = self.RUN_KEYS if self.HAS_FUSED_STEP else (*self.RUN_KEYS, "fused")
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name not in run_keys}
 
 
 @dataclass
@@ -233,6 +245,7 @@ class AdamWConfig(AlgorithmConfig):
     RUN_KEYS: ClassVar[tuple[str, ...]] = (
         "name", "replica_init", "momentum", "nesterov", "inner_optimizer",
     )  # fmt: skip
+    HAS_FUSED_STEP: ClassVar[bool] = False
 
     def optimizer_kwargs(self) -> dict[str, Any]:
         return _adam_kwargs(super().optimizer_kwargs())
@@ -277,6 +290,7 @@ class DiLoCoConfig(AlgorithmConfig):
     eps: float = 1e-8
     inner_optimizer: str = "adamw"  # sgd: a plain SGD inner step (the parity corners)
     DEFAULT_REPLICAS: ClassVar[int] = 4
+    HAS_FUSED_STEP: ClassVar[bool] = False
 
     def optimizer_kwargs(self) -> dict[str, Any]:
         return _adam_kwargs(super().optimizer_kwargs())

@@ -48,6 +48,7 @@ class AdamW(Parle):
             inner_optimizer="adamw",
             betas=betas,
             eps=eps,
+            fused=False,  # its own steps (AdamW's) are eager
         )
 
     def _state_names(self, num_inner_steps: int) -> tuple[str, ...]:

@@ -84,6 +84,7 @@ class DiLoCo(Parle):
             inner_optimizer=inner_optimizer,
             betas=betas,
             eps=eps,
+            fused=False,  # its own steps (AdamW's) are eager
         )
 
     def _state_names(self, num_inner_steps: int) -> tuple[str, ...]:

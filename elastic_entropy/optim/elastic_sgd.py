@@ -36,6 +36,7 @@ class ElasticSGD(Parle):
         rho_schedule: Schedule | None = None,
         comm: Communicator | None = None,
         same_init: bool = True,
+        fused: bool | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -49,4 +50,5 @@ class ElasticSGD(Parle):
             rho_schedule=rho_schedule,
             comm=comm,
             same_init=same_init,
+            fused=fused,
         )

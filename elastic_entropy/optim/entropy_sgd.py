@@ -67,6 +67,7 @@ class EntropySGD(Parle):
         inner_optimizer: str = "sgd",
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        fused: bool | None = None,
     ) -> None:
         if num_inner_steps < 1:
             raise ValueError(
@@ -100,4 +101,5 @@ class EntropySGD(Parle):
             inner_optimizer=inner_optimizer,  # adamw: Entropy-Adam
             betas=betas,
             eps=eps,
+            fused=fused,
         )

@@ -37,6 +37,7 @@ class LocalSGD(SGD):
         weight_decay: float = 0.0,
         comm: Communicator | None = None,
         same_init: bool = True,
+        fused: bool | None = None,
     ) -> None:
         if not isinstance(num_local_steps, int) or num_local_steps < 1:
             raise ValueError(
@@ -50,6 +51,7 @@ class LocalSGD(SGD):
             weight_decay=weight_decay,
             comm=comm,
             same_init=same_init,
+            fused=fused,
         )
         self.num_local_steps = num_local_steps
 

@@ -16,7 +16,13 @@ from elastic_entropy.optim import functional as F
 from elastic_entropy.optim.adamw import ADAM_STATE, adamw_inner_step
 from elastic_entropy.optim.consensus import Consensus, DivergedError, Means, checked_communicator
 from elastic_entropy.optim.diagnostics import DIAGNOSTICS, measure
-from elastic_entropy.optim.flat_buffers import FlatBuffers, group_replicas, replica_param_groups
+from elastic_entropy.optim.flat_buffers import (
+    FlatBuffers,
+    Storage,
+    group_replicas,
+    replica_param_groups,
+)
+from elastic_entropy.optim.fused import fused_steps
 from elastic_entropy.optim.inner_lr import follow_lr
 from elastic_entropy.optim.parle_checkpoint import ParleCheckpoint
 from elastic_entropy.scoping import Schedule
@@ -117,6 +123,7 @@ class Parle(ParleCheckpoint, Optimizer):
         inner_optimizer: str = "sgd",
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
+        fused: bool | None = None,
     ) -> None:
         checks.check_steps_and_couplings(num_inner_steps, gamma, rho)
         if inner_optimizer not in INNER_OPTIMIZERS:
@@ -159,6 +166,8 @@ class Parle(ParleCheckpoint, Optimizer):
         if is_noisy:
             self.buffers.add_generators(seed, self.comm.replica_offset)
         self.consensus = Consensus(self.buffers, self.comm, overlap=overlap)
+        # one compiled pass per update (see optim.fused); None: the eager reference steps
+        self._fused = fused_steps(fused, [key[0] for key in self.buffers.storages])
         is_elastic = num_inner_steps > 0 or self.comm.num_replicas > 1  # alone with L = 0: x = r
         checks.check_stability(self.param_groups, self.rho_schedule.upper_bound, is_elastic)
         self._built = True
@@ -187,6 +196,11 @@ class Parle(ParleCheckpoint, Optimizer):
     @property
     def num_params_per_replica(self) -> int:
         return self.buffers.num_params_per_replica
+
+    @property
+    def is_fused(self) -> bool:
+        """Whether the steps run fused (``fused``; False once a compile failed)."""
+        return self._fused is not None and self._fused.is_active
 
     @property
     def overlap(self) -> bool:
@@ -258,13 +272,14 @@ class Parle(ParleCheckpoint, Optimizer):
         for segment, storage in self.buffers.segment_storages():
             group, cols = self.param_groups[segment.group_index], segment.cols
             inner_lr = group["inner_lr"] if group["inner_lr"] is not None else group["lr"]
-            y = storage.live[:, cols]
             if self.inner_optimizer == "adamw":
                 # Entropy-Adam: the moments persist across outer steps, as Adam's
                 adamw_inner_step(storage, group, cols, self.num_steps + 1, inner_lr, gamma)
+            elif self._fused_inner(storage, group, cols, inner_lr, gamma):
+                continue
             else:
                 F.inner_step(
-                    [y],
+                    [storage.live[:, cols]],
                     [storage.grad[:, cols]],
                     [storage.state["anchor"][:, cols]],
                     [storage.state["inner_momentum"][:, cols]],
@@ -276,14 +291,55 @@ class Parle(ParleCheckpoint, Optimizer):
                     gamma=gamma,
                     couple_after_momentum=self._couple_after_momentum,
                 )
+            y = storage.live[:, cols]
             if group["noise"] > 0.0:
                 assert storage.noise is not None
                 F.add_noise([y], [storage.noise[:, cols]], lr=inner_lr, noise=group["noise"])
             F.ema_update([storage.state["ema"][:, cols]], [y], alpha=group["alpha"])
 
+    def _fused_inner(
+        self, storage: Storage, group: dict[str, Any], cols: slice, inner_lr: float, gamma: float
+    ) -> bool:
+        """The SGD inner step, its noise and the average in one pass, where fused."""
+        if self._fused is None:
+            return False
+        is_noisy = group["noise"] > 0.0 and storage.noise is not None
+        noise = storage.noise[:, cols] if is_noisy and storage.noise is not None else None
+        wd = group["weight_decay"]
+        values = [
+            inner_lr,
+            group["momentum"],
+            wd,
+            gamma,
+            wd + gamma,
+            group["noise"] * (2.0 * inner_lr) ** 0.5,
+            1.0 - group["alpha"],
+        ]
+        tensors = [
+            storage.live[:, cols],
+            storage.grad[:, cols],
+            storage.state["anchor"][:, cols],
+            storage.state["inner_momentum"][:, cols],
+            storage.state["ema"][:, cols],
+            noise,
+        ]
+        return self._fused.run(
+            "inner",
+            tensors,
+            values,
+            momentum=group["momentum"] != 0.0,
+            nesterov=group["nesterov"],
+            couple_after_momentum=self._couple_after_momentum,
+        )
+
     def _outer_step(self) -> None:
         rho = self.rho_schedule.value
         means, valid_global = self.average("ema", rho=rho, gamma=self.gamma_schedule.value)
+        if not self._fused_outer(means, rho):
+            self._eager_outer(means, rho)
+        self.consensus.quarantine(valid_global, self.num_steps + 1)
+
+    def _eager_outer(self, means: Means, rho: float) -> None:
         for segment, storage in self.buffers.segment_storages():
             group, cols = self.param_groups[segment.group_index], segment.cols
             F.outer_step(
@@ -303,7 +359,31 @@ class Parle(ParleCheckpoint, Optimizer):
             storage.state["ema"].copy_(storage.state["anchor"])
             if self._resets_inner_momentum:
                 storage.state["inner_momentum"].zero_()
-        self.consensus.quarantine(valid_global, self.num_steps + 1)
+
+    def _fused_outer(self, means: Means, rho: float) -> bool:
+        """The outer step and the next inner loop's start (``y = z = x``) in one pass a segment.
+
+        All segments or none: the first one is where a compile failure shows, before any
+        buffer is written."""
+        if self._fused is None:
+            return False
+        for segment, storage in self.buffers.segment_storages():
+            group, cols = self.param_groups[segment.group_index], segment.cols
+            wd = group["weight_decay"] if self._outer_weight_decay else 0.0
+            v = storage.state["inner_momentum"][:, cols] if self._resets_inner_momentum else None
+            tensors = [
+                storage.state["anchor"][:, cols],
+                storage.state["ema"][:, cols],
+                storage.state["outer_momentum"][:, cols],
+                means[segment.key][cols] if rho != 0.0 else None,
+                storage.live[:, cols],
+                v,
+            ]
+            values = [group["lr"], group["momentum"], wd, rho]
+            static = {"momentum": group["momentum"] != 0.0, "nesterov": group["nesterov"]}
+            if not self._fused.run("outer", tensors, values, **static):
+                return False
+        return True
 
     # ------------------------------------------------------------------ the exchange hook
     def exchange(self) -> Tensor | None:
@@ -344,11 +424,25 @@ class Parle(ParleCheckpoint, Optimizer):
         gradient plus ``rho (x - means)`` (``means`` only when coupled)."""
         for segment, storage in self.buffers.segment_storages():
             group, cols = self.param_groups[segment.group_index], segment.cols
+            mean = means[segment.key][cols] if means is not None and rho != 0.0 else None
+            if self._fused is not None and self._fused.run(
+                "elastic",
+                [
+                    storage.live[:, cols],
+                    storage.grad[:, cols],
+                    storage.state["outer_momentum"][:, cols],
+                    mean,
+                ],
+                [group["lr"], group["momentum"], group["weight_decay"], rho],
+                momentum=group["momentum"] != 0.0,
+                nesterov=group["nesterov"],
+            ):
+                continue
             F.elastic_step(
                 [storage.live[:, cols]],
                 [storage.grad[:, cols]],
                 [storage.state["outer_momentum"][:, cols]],
-                [means[segment.key][cols] if means is not None else None],
+                [mean],
                 [storage.scratch[:, cols]],
                 lr=group["lr"],
                 momentum=group["momentum"],

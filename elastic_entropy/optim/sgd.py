@@ -32,6 +32,7 @@ class SGD(Parle):
         weight_decay: float = 0.0,
         comm: Communicator | None = None,
         same_init: bool = True,
+        fused: bool | None = None,
     ) -> None:
         super().__init__(
             params,
@@ -44,4 +45,5 @@ class SGD(Parle):
             weight_decay=weight_decay,
             comm=comm,
             same_init=same_init,
+            fused=fused,
         )

@@ -72,6 +72,7 @@ RESUMABLE_CHANGES = (
     "cluster.timeout_s",
     "cluster.cuda_graphs",  # how the passes are launched, not what they compute
     "cluster.threads",  # how many threads compute it, not what is trained
+    "algorithm.fused",  # the same updates, compiled into one pass each (equal to rounding)
     # how the forward runs (the same function, another layout or compiled kernels)
     "channels_last",
     "compile",
@@ -125,6 +126,8 @@ ADDED_KEYS: dict[str, Any] = {
     "algorithm.inner_optimizer": "sgd",
     "algorithm.betas": [0.9, 0.999],
     "algorithm.eps": 1e-8,
+    # issue 15: earlier runs stepped eagerly (what null does on a CPU)
+    "algorithm.fused": None,
     "compile": False,
     # the input path: earlier runs held their data as tensors (what auto does with theirs)
     "data.pipeline": "auto",

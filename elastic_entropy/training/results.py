@@ -91,6 +91,7 @@ def finish(run: Run, wall_s: float) -> dict[str, Any]:
         "epochs": plan.total_steps / plan.steps_per_epoch,
         "wall_s": wall_s,
         "cuda_graphs": run.graphed is not None and run.graphed.is_active,
+        "fused_step": run.optimizer.is_fused,  # algorithm.fused, as it ran (False: eager)
         "reference": {
             "test_acc": reference["test"]["acc"],
             "test_loss": reference["test"]["loss"],

@@ -365,7 +365,7 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
         "key of another algorithm",
         ["algorithm=sgd", "algorithm.gamma=0.1"],
         "unknown key algorithm.gamma (Key 'gamma' not in 'SGDConfig'); the keys of algorithm are "
-        "lr, momentum, nesterov, weight_decay, replica_init",
+        "lr, momentum, nesterov, weight_decay, replica_init, fused",
         _none,
     ),
     # numbers no rule of a key names: one walk over every field
@@ -432,6 +432,13 @@ CASES: list[tuple[str, list[str], str, Setup]] = [
         _none,
     ),
     # issue 14's keys: replica initialisation, the authors' fractions, units, schedules, variant
+    (
+        "fused AdamW",
+        ["algorithm=adamw", "algorithm.fused=true"],
+        "Invalid algorithm.fused: True (algorithm=adamw has no fused step (its AdamW steps are "
+        "eager); leave it null)",
+        _none,
+    ),
     (
         "unknown replica init",
         ["algorithm.replica_init=copies"],

@@ -268,3 +268,23 @@ def test_fp16_skips_overflowing_steps_without_counting_them_and_resumes_bitwise(
     out, err = done.communicate(timeout=180)
     assert done.returncode == 0 and "resumed from step" in out, err[-2000:]
     assert _references_equal(tmp_path / "full", run)
+
+
+def test_the_fused_step_trains_and_resumes_bitwise(tmp_path: Path) -> None:
+    """``algorithm.fused=true`` on a CPU (inductor's C++): the run says it stepped fused, and
+    one resumed from its checkpoint ends bit for bit as one that ran through (the noise is still
+    drawn from the replicas' own streams)."""
+    job = ["data=digits", "model=mlp", "algorithm.num_inner_steps=5", "algorithm.noise=0.001"]
+    job += ["algorithm.fused=true", "deterministic=true", "progress=false", "logger.plots=false"]
+    job += ["eval_every=100"]
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    for args in (
+        ["max_steps=20", f"hydra.run.dir={run}"],
+        ["max_steps=40", f"hydra.run.dir={run}"],
+        ["max_steps=40", f"hydra.run.dir={whole}"],
+    ):
+        done = _cli([*job, *args], tmp_path)
+        _, err = done.communicate(timeout=240)
+        assert done.returncode == 0, err[-2000:]
+    assert json.loads((run / "results.json").read_text())["fused_step"] is True
+    assert _references_equal(run, whole)
