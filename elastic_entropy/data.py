@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import partial
+from importlib.metadata import version as package_version
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from elastic_entropy.data_cache import cached
 from elastic_entropy.image_readers import (
     class_folders,
     mnist5k_file,
@@ -62,11 +64,16 @@ def _standardize(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, n
 
 
 def _mnist1d(root: Path, seed: int) -> DataSplits:
-    from mnist1d.data import get_dataset_args, make_dataset
+    def make() -> dict[str, np.ndarray]:  # procedural: never the package's download path
+        from mnist1d.data import get_dataset_args, make_dataset  # a second to import
 
-    args = get_dataset_args()
-    args.seed = seed
-    data = make_dataset(args)  # procedural: never the package's download path
+        args = get_dataset_args()
+        args.seed = seed
+        data = make_dataset(args)
+        return {k: np.asarray(data[k]) for k in ("x", "y", "x_test", "y_test")}
+
+    # the package's version fixes its default arguments; the seed is the one this run changes
+    data = cached("mnist1d", f"mnist1d {package_version('mnist1d')} seed {seed}", make)
     x_train, x_test = _standardize(data["x"], data["x_test"])
     return _splits(x_train, data["y"], x_test, data["y_test"], 10, (40,))
 
