@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Every benchmark with a GPU side, on one GPU, in one go (a few minutes on an H100/H200):
 #   bash benchmarks/gpu_check.sh [OUT]        (default OUT: benchmarks/results/gpu)
-# The optimizer step (and the memory per replica of SGD, Parle and DDP: torch.cuda's peak) and the
-# replicas-per-GPU comparison (1 replica, 4 plain, 4 in one CUDA graph) run on the GPU; throughput
-# runs the app on the GPU (1x1 and 1x4: NCCL refuses two ranks on one GPU, so one GPU means one
-# process), then WRN-16-4 at batch 128 in short runs: fp32 against precision=bf16,
-# channels_last=true, compile=true and cluster.cuda_graphs=on (a variant that fails says so in its
+# The optimizer step, fused (Triton) and eager (and the memory per replica of SGD, Parle and DDP:
+# torch.cuda's peak) and the replicas-per-GPU comparison (1 replica, 4 plain, 4 in one CUDA graph)
+# run on the GPU; throughput runs the app on the GPU (1x1 and 1x4: NCCL refuses two ranks on one
+# GPU, so one GPU means one process), then WRN-16-4 at batch 128 in short runs: fp32 (the fused
+# step) against the eager step, precision=bf16, channels_last=true, compile=true and
+# cluster.cuda_graphs=on (a variant that fails says so in its
 # row, the others still run); the bytes per sample and the exposed communication are counted over
 # gloo. The CUDA tests run first (pip install -e '.[dev]' for pytest). Prints every
 # ratio line at the end, one table.
@@ -14,8 +15,9 @@ cd "$(dirname "$0")/.."
 out=${1:-benchmarks/results/gpu}
 python3 -c "import torch, sys; torch.cuda.is_available() or sys.exit('gpu_check.sh: CUDA is not available here; run it on a machine with a GPU')"
 mkdir -p "$out"
-# first hold the CUDA-graph path to the plain one: a fast wrong step is not worth timing
-python3 -m pytest -q -p no:cacheprovider tests/unit/test_cuda_graphs.py
+# first hold the CUDA-graph path and the fused step to the plain ones: a fast wrong step is not
+# worth timing
+python3 -m pytest -q -p no:cacheprovider tests/unit/test_cuda_graphs.py tests/unit/test_fused.py
 python3 -m benchmarks.optimizer_step --device cuda --out "$out"
 python3 -m benchmarks.replicas_per_device --device cuda --out "$out"
 python3 -m benchmarks.throughput --device cuda --steps 200 --out "$out"
