@@ -90,14 +90,19 @@ def outer_kernel(
     hp: Tensor,
     momentum: bool,
     nesterov: bool,
+    r_is_z: bool = False,
 ) -> None:
     """``d = (x - z) + wd x + rho (x - r)``, the Nesterov step on ``x``, then the next inner loop
     starts from it: ``y = z = x`` (and ``v = 0`` where the inner momentum restarts).
 
-    ``hp`` = ``[lr, m, wd, rho]``; ``r`` is ``None`` when ``rho`` is 0."""
+    ``hp`` = ``[lr, m, wd, rho]``; ``r`` is ``None`` when ``rho`` is 0, or when it is ``z``
+    itself (``r_is_z``: one replica, whose mean is its own row; passing that view of a buffer
+    the kernel writes would cost a copy of the whole buffer)."""
     lr, m, wd, rho = (hp[i] for i in range(4))
     d = (x - z) + wd * x
-    if r is not None:
+    if r_is_z:
+        d = (d + rho * x) - rho * z
+    elif r is not None:
         d = (d + rho * x) - rho * r
     x_new, u_new = _nesterov(x, d, u, lr, m, momentum=momentum, nesterov=nesterov)
     x.copy_(x_new)

@@ -371,16 +371,20 @@ class Parle(ParleCheckpoint, Optimizer):
             group, cols = self.param_groups[segment.group_index], segment.cols
             wd = group["weight_decay"] if self._outer_weight_decay else 0.0
             v = storage.state["inner_momentum"][:, cols] if self._resets_inner_momentum else None
+            z, r = storage.state["ema"][:, cols], means[segment.key][cols]
+            # one replica: its mean is its own row of z, a view the kernel must not be handed
+            r_is_z = rho != 0.0 and z.shape[0] == 1 and r.data_ptr() == z.data_ptr()
             tensors = [
                 storage.state["anchor"][:, cols],
-                storage.state["ema"][:, cols],
+                z,
                 storage.state["outer_momentum"][:, cols],
-                means[segment.key][cols] if rho != 0.0 else None,
+                r if rho != 0.0 and not r_is_z else None,
                 storage.live[:, cols],
                 v,
             ]
             values = [group["lr"], group["momentum"], wd, rho]
             static = {"momentum": group["momentum"] != 0.0, "nesterov": group["nesterov"]}
+            static["r_is_z"] = r_is_z
             if not self._fused.run("outer", tensors, values, **static):
                 return False
         return True

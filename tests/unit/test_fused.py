@@ -28,11 +28,13 @@ def _fresh_dynamo() -> None:
     torch._dynamo.reset()
 
 
-def _replicas(dtype: torch.dtype, device: str = "cpu") -> list[list[nn.Parameter]]:
+def _replicas(
+    dtype: torch.dtype, device: str = "cpu", count: int = NUM_REPLICAS
+) -> list[list[nn.Parameter]]:
     generator = torch.Generator().manual_seed(0)
     return [
         [nn.Parameter(torch.randn(s, generator=generator, dtype=dtype).to(device)) for s in SHAPES]
-        for _ in range(NUM_REPLICAS)
+        for _ in range(count)
     ]
 
 
@@ -55,9 +57,10 @@ def _train(
     dtype: torch.dtype = torch.float32,
     split: bool = False,
     device: str = "cpu",
+    count: int = NUM_REPLICAS,
 ) -> torch.optim.Optimizer:
     """``steps`` steps on a smooth loss whose gradient is a function of the parameters."""
-    replicas = _replicas(dtype, device)
+    replicas = _replicas(dtype, device, count)
     opt = make(_groups(replicas, split), fused)
     for _ in range(steps):
         with torch.no_grad():
@@ -122,6 +125,14 @@ def test_in_float64_with_two_parameter_groups_they_agree_to_1e_15() -> None:
     assert fused.is_fused
     _assert_close(fused, eager, rtol=1e-13)
     assert fused.param_groups[1]["lr"] == 0.03  # the second group stepped with its own lr
+
+
+def test_one_replica_whose_mean_is_its_own_row() -> None:
+    """Alone, the reference is the replica's own row of z: the kernel reads z for it."""
+    eager = _train(_parle(rho=1.0), fused=False, count=1)
+    fused = _train(_parle(rho=1.0), fused=True, count=1)
+    assert fused.is_fused
+    _assert_close(fused, eager, rtol=4e-6)
 
 
 def test_scoping_and_a_moving_lr_never_recompile() -> None:
