@@ -12,16 +12,11 @@ from torch.optim import Optimizer
 from elastic_entropy.comm.base import Communicator
 from elastic_entropy.defaults import NUM_INNER_STEPS
 from elastic_entropy.optim import checks
-from elastic_entropy.optim import functional as F
+from elastic_entropy.optim import segment_steps as steps
 from elastic_entropy.optim.adamw import ADAM_STATE, adamw_inner_step
 from elastic_entropy.optim.consensus import Consensus, DivergedError, Means, checked_communicator
 from elastic_entropy.optim.diagnostics import DIAGNOSTICS, measure
-from elastic_entropy.optim.flat_buffers import (
-    FlatBuffers,
-    Storage,
-    group_replicas,
-    replica_param_groups,
-)
+from elastic_entropy.optim.flat_buffers import FlatBuffers, group_replicas, replica_param_groups
 from elastic_entropy.optim.fused import fused_steps
 from elastic_entropy.optim.inner_lr import follow_lr
 from elastic_entropy.optim.parle_checkpoint import ParleCheckpoint
@@ -275,119 +270,27 @@ class Parle(ParleCheckpoint, Optimizer):
             if self.inner_optimizer == "adamw":
                 # Entropy-Adam: the moments persist across outer steps, as Adam's
                 adamw_inner_step(storage, group, cols, self.num_steps + 1, inner_lr, gamma)
-            elif self._fused_inner(storage, group, cols, inner_lr, gamma):
-                continue
+                steps.noise_and_average(storage, group, cols, inner_lr)
             else:
-                F.inner_step(
-                    [storage.live[:, cols]],
-                    [storage.grad[:, cols]],
-                    [storage.state["anchor"][:, cols]],
-                    [storage.state["inner_momentum"][:, cols]],
-                    [storage.scratch[:, cols]],
-                    lr=inner_lr,
-                    momentum=group["momentum"],
-                    nesterov=group["nesterov"],
-                    weight_decay=group["weight_decay"],
-                    gamma=gamma,
-                    couple_after_momentum=self._couple_after_momentum,
-                )
-            y = storage.live[:, cols]
-            if group["noise"] > 0.0:
-                assert storage.noise is not None
-                F.add_noise([y], [storage.noise[:, cols]], lr=inner_lr, noise=group["noise"])
-            F.ema_update([storage.state["ema"][:, cols]], [y], alpha=group["alpha"])
-
-    def _fused_inner(
-        self, storage: Storage, group: dict[str, Any], cols: slice, inner_lr: float, gamma: float
-    ) -> bool:
-        """The SGD inner step, its noise and the average in one pass, where fused."""
-        if self._fused is None:
-            return False
-        is_noisy = group["noise"] > 0.0 and storage.noise is not None
-        noise = storage.noise[:, cols] if is_noisy and storage.noise is not None else None
-        wd = group["weight_decay"]
-        values = [
-            inner_lr,
-            group["momentum"],
-            wd,
-            gamma,
-            wd + gamma,
-            group["noise"] * (2.0 * inner_lr) ** 0.5,
-            1.0 - group["alpha"],
-        ]
-        tensors = [
-            storage.live[:, cols],
-            storage.grad[:, cols],
-            storage.state["anchor"][:, cols],
-            storage.state["inner_momentum"][:, cols],
-            storage.state["ema"][:, cols],
-            noise,
-        ]
-        return self._fused.run(
-            "inner",
-            tensors,
-            values,
-            momentum=group["momentum"] != 0.0,
-            nesterov=group["nesterov"],
-            couple_after_momentum=self._couple_after_momentum,
-        )
+                couple_after = self._couple_after_momentum
+                steps.sgd_inner(
+                    self._fused, storage, group, cols, inner_lr=inner_lr, gamma=gamma,
+                    couple_after_momentum=couple_after,
+                )  # fmt: skip
 
     def _outer_step(self) -> None:
         rho = self.rho_schedule.value
         means, valid_global = self.average("ema", rho=rho, gamma=self.gamma_schedule.value)
-        if not self._fused_outer(means, rho):
-            self._eager_outer(means, rho)
+        steps.outer(
+            self._fused,
+            self.buffers,
+            self.param_groups,
+            means,
+            rho=rho,
+            outer_weight_decay=self._outer_weight_decay,
+            resets_inner_momentum=self._resets_inner_momentum,
+        )
         self.consensus.quarantine(valid_global, self.num_steps + 1)
-
-    def _eager_outer(self, means: Means, rho: float) -> None:
-        for segment, storage in self.buffers.segment_storages():
-            group, cols = self.param_groups[segment.group_index], segment.cols
-            F.outer_step(
-                [storage.state["anchor"][:, cols]],
-                [storage.state["ema"][:, cols]],
-                [storage.state["outer_momentum"][:, cols]],
-                [means[segment.key][cols]],
-                [storage.scratch[:, cols]],
-                lr=group["lr"],
-                momentum=group["momentum"],
-                nesterov=group["nesterov"],
-                rho=rho,
-                weight_decay=group["weight_decay"] if self._outer_weight_decay else 0.0,
-            )
-        for storage in self.buffers.storages.values():
-            storage.live.copy_(storage.state["anchor"])
-            storage.state["ema"].copy_(storage.state["anchor"])
-            if self._resets_inner_momentum:
-                storage.state["inner_momentum"].zero_()
-
-    def _fused_outer(self, means: Means, rho: float) -> bool:
-        """The outer step and the next inner loop's start (``y = z = x``) in one pass a segment.
-
-        All segments or none: the first one is where a compile failure shows, before any
-        buffer is written."""
-        if self._fused is None:
-            return False
-        for segment, storage in self.buffers.segment_storages():
-            group, cols = self.param_groups[segment.group_index], segment.cols
-            wd = group["weight_decay"] if self._outer_weight_decay else 0.0
-            v = storage.state["inner_momentum"][:, cols] if self._resets_inner_momentum else None
-            z, r = storage.state["ema"][:, cols], means[segment.key][cols]
-            # one replica: its mean is its own row of z, a view the kernel must not be handed
-            r_is_z = rho != 0.0 and z.shape[0] == 1 and r.data_ptr() == z.data_ptr()
-            tensors = [
-                storage.state["anchor"][:, cols],
-                z,
-                storage.state["outer_momentum"][:, cols],
-                r if rho != 0.0 and not r_is_z else None,
-                storage.live[:, cols],
-                v,
-            ]
-            values = [group["lr"], group["momentum"], wd, rho]
-            static = {"momentum": group["momentum"] != 0.0, "nesterov": group["nesterov"]}
-            static["r_is_z"] = r_is_z
-            if not self._fused.run("outer", tensors, values, **static):
-                return False
-        return True
 
     # ------------------------------------------------------------------ the exchange hook
     def exchange(self) -> Tensor | None:
@@ -426,34 +329,7 @@ class Parle(ParleCheckpoint, Optimizer):
     def elastic_update(self, means: Means | None = None, rho: float = 0.0) -> None:
         """The no-inner-loop Nesterov step on the live parameters of every replica, on the
         gradient plus ``rho (x - means)`` (``means`` only when coupled)."""
-        for segment, storage in self.buffers.segment_storages():
-            group, cols = self.param_groups[segment.group_index], segment.cols
-            mean = means[segment.key][cols] if means is not None and rho != 0.0 else None
-            if self._fused is not None and self._fused.run(
-                "elastic",
-                [
-                    storage.live[:, cols],
-                    storage.grad[:, cols],
-                    storage.state["outer_momentum"][:, cols],
-                    mean,
-                ],
-                [group["lr"], group["momentum"], group["weight_decay"], rho],
-                momentum=group["momentum"] != 0.0,
-                nesterov=group["nesterov"],
-            ):
-                continue
-            F.elastic_step(
-                [storage.live[:, cols]],
-                [storage.grad[:, cols]],
-                [storage.state["outer_momentum"][:, cols]],
-                [mean],
-                [storage.scratch[:, cols]],
-                lr=group["lr"],
-                momentum=group["momentum"],
-                nesterov=group["nesterov"],
-                weight_decay=group["weight_decay"],
-                rho=rho,
-            )
+        steps.elastic(self._fused, self.buffers, self.param_groups, means, rho)
 
     # ------------------------------------------------------------------ diagnostics
     def request_diagnostics(self) -> None:

@@ -99,6 +99,7 @@ def test_help_and_cfg_job(tmp_path: Path) -> None:
         "nesterov": True,
         "weight_decay": 0.0,
         "replica_init": "independent",
+        "fused": None,
         "rho": 2.0,
     }
     assert not (tmp_path / "outputs").exists()
