@@ -9,9 +9,11 @@ steps (every state tensor exists then; Parle's run its inner and outer steps). T
 - ``held``: the bytes of the unique storages of every live torch tensor the process made after
   its imports (parameters, gradients, the optimizer's state and flat buffers), found by a walk
   over Python's objects. Tensors held in C++ alone, as DDP's gradient buckets, escape it;
-- ``rss_peak``: the process's peak resident memory (``ru_maxrss``) above its resident memory
-  after the imports, which sees every allocation on the CPU, temporaries of the step included
-  (tracemalloc does not: torch allocates outside Python's allocator);
+- ``rss_peak``: the process's peak resident memory (``VmHWM`` of /proc/self/status) above its
+  resident memory after the imports, which sees every allocation on the CPU, temporaries of the
+  step included (tracemalloc does not: torch allocates outside Python's allocator). Not
+  ``ru_maxrss``: Linux carries the parent's peak into a child across fork and exec, so a child
+  of a large benchmark process reported the parent's size;
 - on CUDA, ``cuda_peak``: ``torch.cuda.max_memory_allocated``.
 
 Parle keeps the iterate y, the anchor x, the average z, the momenta v and u and the gradient: six
@@ -41,6 +43,14 @@ def resident_bytes() -> int:
     """This process's resident memory now (Linux: /proc/self/statm)."""
     pages = int(Path("/proc/self/statm").read_text().split()[1])
     return pages * resource.getpagesize()
+
+
+def peak_resident_bytes() -> int:
+    """This process's peak resident memory (Linux: VmHWM, this program's own since its exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def held_bytes(before: set[int]) -> int:
@@ -138,7 +148,7 @@ def measure(algorithm: str, depth: int, width: int, device: torch.device) -> dic
         "algorithm": algorithm,
         "numel": sum(torch.Size(s).numel() for s in shapes),
         "held_bytes": held_bytes(before),
-        "rss_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - resident,
+        "rss_peak_bytes": peak_resident_bytes() - resident,
     }
     if device.type == "cuda":
         figures["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device) - cuda_before

@@ -106,3 +106,15 @@ def test_a_diverged_diloco_replica_leaves_the_mean_and_restarts_from_x() -> None
         _step(models, opt)
     assert all(torch.isfinite(p).all() for m in models for p in m.parameters())
     assert len(opt.quarantine_events) == 1
+
+
+def test_large_finite_rows_whose_sum_overflows_are_still_finite() -> None:
+    """The one-pass check sums each row in its own dtype; a sum that overflows (finite entries
+    of 1e38) is checked entry by entry, so only the row with a NaN or an inf is flagged."""
+    models = _replicas(4)
+    opt = Parle(replica_param_groups(m.parameters() for m in models), lr=0.1)
+    with torch.no_grad():
+        models[1].weight.fill_(1e38)  # finite, but the row's float32 sum is inf
+        models[2].bias[0] = float("nan")
+        models[3].weight[0, 0] = float("-inf")
+    assert opt.buffers.finite_rows("live").tolist() == [True, True, False, False]
