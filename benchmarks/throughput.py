@@ -5,8 +5,9 @@
     python -m benchmarks.throughput --device cuda  # the GPU's sections (benchmarks/gpu_check.sh)
 
 Real runs of the app, side by side in one invocation; samples/s per replica = minibatches x batch
-/ training time (each run's results.json, and its last metrics record's time: the final
-evaluation left out).
+/ training time, from the run's metrics records (one per outer step): from the first record to
+the last, so that the first outer step (warm-up, and the fused step's compiling) and the final
+evaluation are left out; a run of one outer step is timed from its start.
 
 1. Layouts (MNIST-1D, the 1-D CNN, batch 64): one replica of Parle against one of SGD in one
    process (what Parle's inner and outer steps cost), then 4 Parle replicas as 1 process x 4
@@ -73,6 +74,7 @@ GPU_VARIANTS = [
     ("bf16_nhwc_compile", ["precision=bf16", "channels_last=true", "compile=true"]),
     ("bf16_nhwc_graphs", ["precision=bf16", "channels_last=true", "cluster.cuda_graphs=on"]),
 ]
+SECTIONS = ("layouts", "threads", "networks")
 THREAD_LOG = re.compile(r"intra-op threads: (\d+)")
 
 
@@ -108,12 +110,16 @@ def _figures(process: subprocess.Popen[bytes], run_dir: Path, args: list[str]) -
         raise RuntimeError(f"{run_dir.name} failed: {stderr[-1] if stderr else process.returncode}")
     result = json.loads((run_dir / "results.json").read_text())
     batch = int(next(a.split("=")[1] for a in args if a.startswith("data.batch_size=")))
-    samples = result["steps_per_replica"] * batch
     logged = THREAD_LOG.findall((run_dir / "train.log").read_text())
-    # the training time up to the last minibatch: the last metrics record's, taken before that
-    # record's final evaluation (which results.json's wall_s includes: minutes for a WRN)
-    records = (run_dir / "metrics.jsonl").read_text().splitlines()
-    train_s = [r["elapsed_s"] for r in map(json.loads, records) if "elapsed_s" in r][-1]
+    # each record's time is taken before that record's evaluation (the final one, which
+    # results.json's wall_s includes, takes minutes for a WRN)
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    records = [(r["step"], r["elapsed_s"]) for r in map(json.loads, lines) if "elapsed_s" in r]
+    (first_step, first_s), (last_step, last_s) = records[0], records[-1]
+    if len(records) == 1:
+        first_step, first_s = 0, 0.0
+    samples = (last_step - first_step) * batch
+    train_s = last_s - first_s
     return {
         "wall_s": result["wall_s"],
         "train_s": train_s,
@@ -292,6 +298,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     parser.add_argument(
+        "--sections",
+        nargs="+",
+        choices=SECTIONS,
+        default=list(SECTIONS),
+        help="which sections to run (CPU): layouts always, threads, networks",
+    )
+    parser.add_argument(
         "--device",
         choices=("cpu", "cuda"),
         default="cpu",
@@ -301,7 +314,8 @@ def main() -> None:
     quick = args.quick
     steps = args.steps or (20 if quick else 500)
     base = [f"max_steps={steps}", f"data.batch_size={args.batch}", f"cluster.device={args.device}"]
-    net_steps = {"wrn16_4": 2 if quick else 10, "lenet": 10 if quick else 50}
+    # the networks at L = 10: 3 outer steps of the WRN, the first of them warm-up
+    net_steps = {"wrn16_4": 2 if quick else 30, "lenet": 10 if quick else 50}
     net_batch = {"wrn16_4": 4 if quick else 8, "lenet": 32 if quick else 128}
     thread_steps = 20 if quick else 200
     thread_figures: dict[str, dict[str, Any]] = {}
@@ -310,11 +324,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         figures = layouts(base, args.device, workdir)
-        if args.device == "cpu":
-            thread_figures = threads(thread_steps, workdir, quick)
-            network_figures = networks(net_steps, net_batch, workdir, quick)
-        else:
+        if args.device == "cuda":
             gpu_figures = gpu_variants(20 if quick else 60, 128, workdir)
+        if args.device == "cpu" and "threads" in args.sections:
+            thread_figures = threads(thread_steps, workdir, quick)
+        if args.device == "cpu" and "networks" in args.sections:
+            network_figures = networks(net_steps, net_batch, workdir, quick)
     rows = _layout_rows(
         f"MNIST-1D cnn1d, batch {args.batch}, {steps} minibatches per replica, {args.device}",
         figures,
