@@ -10,15 +10,18 @@ pixels of padding) and flips drawn on the device from the replica's own stream
 Beside it, path (b), the app's ``data.pipeline=loader``: the same samples read one by one from a
 map-style data set by a ``DataLoader`` with 0, 1 and 2 worker processes, its indices dealt by the
 replica's sampler (``elastic_entropy.loaders.ReplicaLoaders``, pinned memory on CUDA): what a
-loader-fed path costs per minibatch. Ratio line last: each path's minibatches per second over
-the plain gather's.
+loader-fed path costs per minibatch. The paths take turns, ``--rounds`` times (a gather takes a
+fraction of a millisecond, so one pass of each is at the mercy of the machine), and each path's
+median rate counts. Ratio line last: each path's minibatches per second over the plain gather's.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -69,8 +72,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1,000 images, a few batches")
     parser.add_argument("--batches", type=int, default=None, help="minibatches timed per path")
+    parser.add_argument("--rounds", type=int, default=None, help="turns of every path (median)")
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     args = parser.parse_args()
+    rounds = args.rounds or (1 if args.quick else 5)
     num, count = (1000, 5) if args.quick else (10_000, 200)
     count = args.batches or count
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
@@ -79,19 +84,30 @@ def main() -> None:
     y_cpu = torch.randint(0, 10, (num,), generator=generator)
     x, y = x_cpu.to(device), y_cpu.to(device)
     batch = 128
-    rates = {
-        "gather": _rate(_gathered(x, y, batch, augment=False), count, device),
-        "gather_augment": _rate(_gathered(x, y, batch, augment=True), count, device),
+    paths: dict[str, Callable[[], Iterator[object]]] = {
+        "gather": lambda: _gathered(x, y, batch, augment=False),
+        "gather_augment": lambda: _gathered(x, y, batch, augment=True),
     }
     for workers in (0, 1, 2):
-        rates[f"loader_{workers}"] = _rate(_loaded(x_cpu, y_cpu, batch, workers), count, device)
-    lines = [f"{'path':<16} minibatches/s  (batch {batch}, {num} images 3x32x32, {device})"]
+        paths[f"loader_{workers}"] = partial(_loaded, x_cpu, y_cpu, batch, workers)
+    turns: dict[str, list[float]] = {name: [] for name in paths}
+    for _ in range(rounds):
+        for name, make in paths.items():
+            turns[name].append(_rate(make(), count, device))
+    rates = {name: statistics.median(values) for name, values in turns.items()}
+    lines = [
+        f"{'path':<16} minibatches/s  (batch {batch}, {num} images 3x32x32, {device}; median of "
+        f"{rounds} turns)"
+    ]
     lines += [f"{name:<16} {rate:>12.1f}" for name, rate in rates.items()]
     ratios = {f"{name}/gather": rates[name] / rates["gather"] for name in rates if name != "gather"}
     table = "\n".join(lines)
     print(table)
     write_results(
-        "data_pipeline", {"rates": rates, "ratios": ratios, "batches": count}, table, args.out
+        "data_pipeline",
+        {"rates": rates, "turns": turns, "ratios": ratios, "batches": count},
+        table,
+        args.out,
     )
     print("ratios: " + " ".join(f"{k}={v:.3f}" for k, v in ratios.items()), flush=True)
 
