@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from torch import Tensor
+
 from elastic_entropy.optim import functional as F
 from elastic_entropy.optim.consensus import Means
 from elastic_entropy.optim.flat_buffers import FlatBuffers, Storage
@@ -35,8 +37,12 @@ def sgd_inner(
     couple_after_momentum: bool,
 ) -> None:
     """The SGD inner step of one segment, its noise and the average."""
-    if _fused_inner(fused, storage, group, cols, inner_lr, gamma, couple_after_momentum):
-        return
+    if fused is not None:
+        tensors, values = _inner_operands(storage, group, cols, inner_lr, gamma)
+        static = {"momentum": group["momentum"] != 0.0, "nesterov": group["nesterov"]}
+        static["couple_after_momentum"] = couple_after_momentum
+        if fused.run("inner", tensors, values, **static):
+            return
     F.inner_step(
         [storage.live[:, cols]],
         [storage.grad[:, cols]],
@@ -53,45 +59,23 @@ def sgd_inner(
     noise_and_average(storage, group, cols, inner_lr)
 
 
-def _fused_inner(
-    fused: FusedSteps | None,
-    storage: Storage,
-    group: Group,
-    cols: slice,
-    inner_lr: float,
-    gamma: float,
-    couple_after_momentum: bool,
-) -> bool:
-    if fused is None:
-        return False
+def _inner_operands(
+    storage: Storage, group: Group, cols: slice, inner_lr: float, gamma: float
+) -> tuple[list[Tensor | None], list[float]]:
+    """The fused inner kernel's tensors and hyper-parameters (``fused.inner_kernel``)."""
     is_noisy = group["noise"] > 0.0 and storage.noise is not None
-    noise = storage.noise[:, cols] if is_noisy and storage.noise is not None else None
-    wd = group["weight_decay"]
-    values = [
-        inner_lr,
-        group["momentum"],
-        wd,
-        gamma,
-        wd + gamma,
-        group["noise"] * (2.0 * inner_lr) ** 0.5,
-        1.0 - group["alpha"],
-    ]
     tensors = [
         storage.live[:, cols],
         storage.grad[:, cols],
         storage.state["anchor"][:, cols],
         storage.state["inner_momentum"][:, cols],
         storage.state["ema"][:, cols],
-        noise,
+        storage.noise[:, cols] if is_noisy and storage.noise is not None else None,
     ]
-    return fused.run(
-        "inner",
-        tensors,
-        values,
-        momentum=group["momentum"] != 0.0,
-        nesterov=group["nesterov"],
-        couple_after_momentum=couple_after_momentum,
-    )
+    wd = group["weight_decay"]
+    scale = group["noise"] * (2.0 * inner_lr) ** 0.5
+    values = [inner_lr, group["momentum"], wd, gamma, wd + gamma, scale, 1.0 - group["alpha"]]
+    return tensors, values
 
 
 def outer(
@@ -173,8 +157,8 @@ def elastic(
     for segment, storage in buffers.segment_storages():
         group, cols = groups[segment.group_index], segment.cols
         mean = means[segment.key][cols] if means is not None and rho != 0.0 else None
-        x, grad, u = storage.live[:, cols], storage.grad[:, cols], storage.state["outer_momentum"]
-        u = u[:, cols]
+        x, grad = storage.live[:, cols], storage.grad[:, cols]
+        u = storage.state["outer_momentum"][:, cols]
         if fused is not None and fused.run(
             "elastic",
             [x, grad, u, mean],
