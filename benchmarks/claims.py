@@ -2,6 +2,10 @@
 
     python -m benchmarks.claims             # MNIST-1D (1-D CNN): 5 seeds at 20 passes, 3 at 125
     python -m benchmarks.claims --quick     # digits, one seed, one pass: the pipeline
+    python -m benchmarks.claims --workload digits --seeds-large 5 --wall-budgets 20 125 \
+        --large-methods sgd "parle n=3" entropy_sgd "elastic_sgd n=3" "parle n=3 frac 0.5" \
+        "parle n=6 frac 0.25" "elastic_sgd n=3 frac 0.5"   # every claim at both budgets
+    python -m benchmarks.claims --budgets 125 ...   # claims.mnist1d-125.{json,md}
 
 The claims (issue 14; Entropy-SGD, ICLR 2017; Parle, SysML 2018; Elastic-SGD):
 1. Parle's reference has a lower test error than SGD (at equal gradient evaluations per replica,
@@ -34,6 +38,9 @@ Nothing is chosen on test. A validation split (``data.validation_fraction=0.1``)
 lr and schedule, and at 20 passes each other method's schedule (the authors' step drops or cosine;
 at 125 passes they run the authors' step drops). The equal wall-clock SGD gets the wall time of
 Parle n=3 (its passes scaled by the measured ratio) and its own choice on validation.
+``--wall-budgets`` gives the budgets with an equal wall-clock SGD (default: the first),
+``--large-methods`` the methods run at the budgets after the first. A workload or budgets other
+than the default write ``claims.WORKLOAD[-B1-B2].{json,md}``, beside the default's ``claims``.
 ``--workdir DIR`` keeps the runs and reuses finished ones; ``--deadline HH:MM`` (UTC) starts no
 run after that time and reports what finished, labelled partial.
 
@@ -280,9 +287,13 @@ class Plan:
     schedules: tuple[str, ...]
     methods_small: list[str]  # the methods run at the first budget
     methods_large: list[str]  # at the others
-    wall: bool = True  # equal wall-clock SGD at the first budget
+    wall_at: list[float] | None = None  # budgets with an equal wall-clock SGD (None: the first)
     seeds_large: list[int] | None = None  # at the budgets after the first (None: seeds)
     chosen: dict[tuple[str, str, float], Job] = field(default_factory=dict)  # seed-0 winners
+    wall_of: dict[float, float] = field(default_factory=dict)  # Parle's passes: the wall SGD's
+
+    def walls(self) -> list[float]:
+        return self.budgets[:1] if self.wall_at is None else self.wall_at
 
 
 def _val(bench: Bench, job: Job) -> float:
@@ -349,22 +360,12 @@ def execute(bench: Bench, plan: Plan) -> None:
         best = choose(bench, plan, m, "evals", small)
         if best:
             jobs += seeded(plan, best, m in FLAT)
-    parle = plan.chosen.get(("parle n=3", "evals", small))
     others = [m for m in plan.methods_small if m not in tuned]
     jobs += [j for m in others for j in alike(plan, m, "evals", small)]
-    sgd = plan.chosen.get(("sgd", "evals", small))
-    wall_passes = None
-    if plan.wall and parle is not None and sgd is not None:
-        ratio = bench.got(parle)["wall_s"] / bench.got(sgd)["wall_s"]
-        wall_passes = round(small * ratio, 1)
-        jobs += candidates(plan, "sgd", "wall", wall_passes)
+    jobs += wall_candidates(bench, plan, small)
     bench.run(jobs)
     # 3. the equal wall-clock SGD's seeds; the authors' budget's candidates
-    jobs = []
-    if wall_passes is not None:
-        best = choose(bench, plan, "sgd", "wall", wall_passes)
-        if best:
-            jobs += seeded(plan, best, False)
+    jobs = wall_seeds(bench, plan, small)
     large = [m for m in tuned if m in plan.methods_large]
     jobs += [
         j
@@ -403,6 +404,28 @@ def execute(bench: Bench, plan: Plan) -> None:
             for j in alike(plan, m, "evals", p)
         ]
     )
+    # 6. the equal wall-clock SGD at the authors' budget, where asked (the costliest runs)
+    bench.run([j for p in rest for j in wall_candidates(bench, plan, p)])
+    bench.run([j for p in rest for j in wall_seeds(bench, plan, p)])
+
+
+def wall_candidates(bench: Bench, plan: Plan, passes: float) -> list[Job]:
+    """SGD's candidates at the wall time of Parle n=3 over ``passes``: SGD's passes scaled by
+    the wall-time ratio of the two methods' chosen seed-0 runs at equal evaluations."""
+    parle = plan.chosen.get(("parle n=3", "evals", passes))
+    sgd = plan.chosen.get(("sgd", "evals", passes))
+    if passes not in plan.walls() or parle is None or sgd is None:
+        return []
+    ratio = bench.got(parle)["wall_s"] / bench.got(sgd)["wall_s"]
+    plan.wall_of[passes] = round(passes * ratio, 1)
+    return candidates(plan, "sgd", "wall", plan.wall_of[passes])
+
+
+def wall_seeds(bench: Bench, plan: Plan, passes: float) -> list[Job]:
+    if passes not in plan.wall_of:
+        return []
+    best = choose(bench, plan, "sgd", "wall", plan.wall_of[passes])
+    return seeded(plan, best, False) if best else []
 
 
 # --------------------------------------------------------------------------- the numbers
@@ -471,7 +494,6 @@ def combine(verdicts: list[str]) -> str:
 def claims(bench: Bench, plan: Plan) -> tuple[list[str], dict[str, Any]]:
     """One line per claim: the numbers (test error, mean ± std over seeds) and the verdict."""
     small, large = plan.budgets[0], plan.budgets[-1]
-    wall = next((k[2] for k in plan.chosen if k[:2] == ("sgd", "wall")), None)
 
     def err(method: str, passes: float, budget: str = "evals", key: str = "test_acc"):
         return error(runs_of(bench, plan, method, budget, passes), key)
@@ -487,9 +509,11 @@ def claims(bench: Bench, plan: Plan) -> tuple[list[str], dict[str, Any]]:
 
     # 1. Parle's reference beats SGD
     parts, verdicts, numbers = [], [], {}
-    budgets = [(small, "evals", small)]
-    budgets += [(wall, "wall", small)] if wall is not None else []
-    budgets += [(large, "evals", large)] if large != small else []
+    budgets = []
+    for passes in dict.fromkeys([small, large]):
+        budgets.append((passes, "evals", passes))
+        if passes in plan.wall_of:
+            budgets.append((plan.wall_of[passes], "wall", passes))
     for sgd_passes, budget, parle_passes in budgets:
         p, s = err("parle n=3", parle_passes), err("sgd", sgd_passes, budget)
         v = verdict(p, s)
@@ -769,6 +793,20 @@ def main() -> None:
     parser.add_argument(
         "--methods", nargs="+", default=None, choices=list(METHODS), help="a subset of them"
     )
+    parser.add_argument(
+        "--large-methods",
+        nargs="+",
+        default=None,
+        choices=list(METHODS),
+        help="the methods run at the budgets after the first",
+    )
+    parser.add_argument(
+        "--wall-budgets",
+        type=float,
+        nargs="+",
+        default=None,
+        help="the budgets with an equal wall-clock SGD (default: the first)",
+    )
     args = parser.parse_args()
     start = time.perf_counter()
     deadline = None
@@ -786,7 +824,7 @@ def main() -> None:
             # three runs, two at a time: under a minute on two cores
             methods_small=["sgd", "parle n=3", "entropy_sgd"],
             methods_large=[],
-            wall=False,
+            wall_at=[],
         )
         flat_args = [
             *FLATNESS,
@@ -811,6 +849,10 @@ def main() -> None:
             seeds_large=list(range(args.seeds_large or 3)),
         )
         flat_args = list(FLATNESS)
+    if args.large_methods:
+        plan.methods_large = list(args.large_methods)
+    if args.wall_budgets is not None:
+        plan.wall_at = list(args.wall_budgets)
     if args.methods:
         plan.methods_small = [m for m in plan.methods_small if m in args.methods]
         plan.methods_large = [m for m in plan.methods_large if m in args.methods]
@@ -865,13 +907,21 @@ def main() -> None:
             "records": records(bench),
         }
     )
-    # the default workload's file is claims.json; another's claims.WORKLOAD.json beside it
-    name = "claims" if plan.workload == ("digits" if args.quick else "mnist1d") else "claims."
-    write_results(name if name == "claims" else name + plan.workload, figures, text, folder)
+    write_results(result_name(plan, args.quick, args.budgets), figures, text, folder)
     ratios = {}
     for key in ("claim 1", "claim 2", "claim 3", "claim 4", "claim 5", "claim 6", "claim 7"):
         ratios[key] = figures[key]["verdict"]
     print("verdicts: " + "; ".join(f"{k}={v}" for k, v in ratios.items()))
+
+
+def result_name(plan: Plan, quick: bool, budgets: list[float] | None) -> str:
+    """``claims`` for the default workload and budgets; else ``claims.WORKLOAD`` beside it, and
+    ``-B1-B2`` for budgets that are not the default, so that no run overwrites another's."""
+    default = plan.workload == ("digits" if quick else "mnist1d")
+    if default and budgets is None:
+        return "claims"
+    tag = "" if budgets is None else "-" + "-".join(f"{b:g}" for b in budgets)
+    return f"claims.{plan.workload}{tag}"
 
 
 def runs_span(bench: Bench) -> tuple[float, float]:

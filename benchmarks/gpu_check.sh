@@ -16,8 +16,8 @@ out=${1:-benchmarks/results/gpu}
 python3 -c "import torch, sys; torch.cuda.is_available() or sys.exit('gpu_check.sh: CUDA is not available here; run it on a machine with a GPU')"
 mkdir -p "$out"
 # first hold the CUDA-graph path and the fused step to the plain ones: a fast wrong step is not
-# worth timing
-python3 -m pytest -q -p no:cacheprovider tests/unit/test_cuda_graphs.py tests/unit/test_fused.py
+# worth timing (in one process, with or without pytest-xdist: the suite's addopts are dropped)
+python3 -m pytest -q -p no:cacheprovider -o addopts= tests/unit/test_cuda_graphs.py tests/unit/test_fused.py
 python3 -m benchmarks.optimizer_step --device cuda --out "$out"
 python3 -m benchmarks.replicas_per_device --device cuda --out "$out"
 python3 -m benchmarks.throughput --device cuda --steps 200 --out "$out"

@@ -3,11 +3,16 @@
     python -m benchmarks.throughput                # every section below (15-30 min on 2 cores)
     python -m benchmarks.throughput --quick        # CI-sized: each section's first ratio only
     python -m benchmarks.throughput --device cuda  # the GPU's sections (benchmarks/gpu_check.sh)
+    python -m benchmarks.throughput --sections layouts networks --repeats 5 \
+        --runs sgd_1x1 parle_1x1 sgd_1x1_fused parle_1x1_fused  # the 0.95 goal, settled
 
 Real runs of the app, side by side in one invocation; samples/s per replica = minibatches x batch
 / training time, from the run's metrics records (one per outer step): from the first record to
 the last, so that the first outer step (warm-up, and the fused step's compiling) and the final
-evaluation are left out; a run of one outer step is timed from its start.
+evaluation are left out; a run of one outer step is timed from its start. ``--repeats K`` runs
+each of a section's runs K times in rounds (every run once per round, the order turned by one
+each round, so that no run always follows the same one and a burst of load is shared out) and
+reports each run's median rate, with its range; the ratios are of the medians.
 
 1. Layouts (MNIST-1D, the 1-D CNN, batch 64): one replica of Parle against one of SGD in one
    process (what Parle's inner and outer steps cost), then 4 Parle replicas as 1 process x 4
@@ -34,6 +39,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -75,6 +81,7 @@ GPU_VARIANTS = [
     ("bf16_nhwc_graphs", ["precision=bf16", "channels_last=true", "cluster.cuda_graphs=on"]),
 ]
 SECTIONS = ("layouts", "threads", "networks")
+Spec = tuple[str, int, list[str]]  # a run: its name, its processes, its overrides
 THREAD_LOG = re.compile(r"intra-op threads: (\d+)")
 
 
@@ -136,21 +143,42 @@ def run(name: str, nproc: int, args: list[str], workdir: Path) -> dict[str, Any]
     return _figures(*_launch(name, nproc, args, workdir), args)
 
 
-def layouts(base: list[str], device: str, workdir: Path) -> dict[str, dict[str, Any]]:
-    figures = {
-        "sgd_1x1": run(
-            "sgd", 1, [*base, "algorithm=sgd", "cluster.replicas_per_process=1"], workdir
-        ),
-        "parle_1x1": run("parle1", 1, [*base, "cluster.replicas_per_process=1"], workdir),
-        "parle_1x4": run("parle14", 1, [*base, "cluster.replicas_per_process=4"], workdir),
-    }
+def run_rounds(
+    specs: list[Spec], workdir: Path, repeats: int, prefix: str = ""
+) -> dict[str, dict[str, Any]]:
+    """Every spec ``repeats`` times in rounds, the order turned by one each round: each one's
+    median run, with every rate it measured."""
+    measured: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in specs}
+    for round_ in range(repeats):
+        turn = round_ % len(specs) if specs else 0
+        for name, nproc, args in specs[turn:] + specs[:turn]:
+            measured[name].append(run(f"{prefix}{name}_{round_}", nproc, args, workdir))
+    return {name: _median_run(figures) for name, figures in measured.items()}
+
+
+def _median_run(figures: list[dict[str, Any]]) -> dict[str, Any]:
+    rates = sorted(figure["samples_per_s_per_replica"] for figure in figures)
+    median = statistics.median(rates)
+    nearest = min(figures, key=lambda f: abs(f["samples_per_s_per_replica"] - median))
+    return {**nearest, "samples_per_s_per_replica": median, "rates": rates}
+
+
+def layout_specs(base: list[str], device: str) -> list[Spec]:
+    specs: list[Spec] = [
+        ("sgd_1x1", 1, [*base, "algorithm=sgd", "cluster.replicas_per_process=1"]),
+        ("parle_1x1", 1, [*base, "cluster.replicas_per_process=1"]),
+        ("parle_1x4", 1, [*base, "cluster.replicas_per_process=4"]),
+    ]
     if device == "cpu":
-        layout = [*base, "cluster.replicas_per_process=2"]
-        figures["parle_2x2"] = run("parle22", 2, layout, workdir)
+        specs.append(("parle_2x2", 2, [*base, "cluster.replicas_per_process=2"]))
     else:  # what the CUDA graph of the 4 replicas' passes buys
         eager = [*base, "cluster.replicas_per_process=4", "cluster.cuda_graphs=off"]
-        figures["parle_1x4_eager"] = run("parle14eager", 1, eager, workdir)
-    return figures
+        specs.append(("parle_1x4_eager", 1, eager))
+    return specs
+
+
+def chosen(specs: list[Spec], runs: list[str] | None) -> list[Spec]:
+    return [spec for spec in specs if runs is None or spec[0] in runs]
 
 
 def torch_default_threads() -> int:
@@ -186,17 +214,22 @@ def network_data(quick: bool) -> dict[str, str]:
     return QUICK_NETWORK_DATA if quick else NETWORK_DATA
 
 
-def networks(steps: dict[str, int], batch: dict[str, int], workdir: Path, quick: bool) -> dict:
+def networks(
+    steps: dict[str, int],
+    batch: dict[str, int],
+    workdir: Path,
+    quick: bool,
+    repeats: int = 1,
+    runs: list[str] | None = None,
+) -> dict[str, dict[str, dict[str, Any]]]:
     figures: dict[str, dict[str, dict[str, Any]]] = {}
     layouts_run = NETWORK_LAYOUTS[:2] if quick else NETWORK_LAYOUTS
     data = network_data(quick)
     for net, overrides in (("wrn16_4", WRN), ("lenet", LENET)):
         base = [*overrides, f"data={data[net]}", f"max_steps={steps[net]}"]
         base.append(f"data.batch_size={batch[net]}")
-        figures[net] = {
-            name: run(f"{net}_{name}", nproc, [*base, *layout], workdir)
-            for name, nproc, layout in layouts_run
-        }
+        specs = [(name, nproc, [*base, *layout]) for name, nproc, layout in layouts_run]
+        figures[net] = run_rounds(chosen(specs, runs), workdir, repeats, prefix=f"{net}_")
     return figures
 
 
@@ -216,9 +249,10 @@ def gpu_variants(steps: int, batch: int, workdir: Path) -> dict[str, dict[str, A
 
 def _layout_rows(title: str, figures: dict[str, dict[str, Any]]) -> list[str]:
     rows = [title]
+    repeated = any(len(figure.get("rates", ())) > 1 for figure in figures.values())
     rows.append(
         f"  {'run':<20}{'replicas':>9}{'processes':>10}{'threads':>8}{'CUDA graph':>11}"
-        f"{'samples/s/replica':>19}"
+        f"{'samples/s/replica':>19}" + (f"{'range (of the repeats)':>26}" if repeated else "")
     )
     for name, figure in figures.items():
         if "failed" in figure:
@@ -228,8 +262,14 @@ def _layout_rows(title: str, figures: dict[str, dict[str, Any]]) -> list[str]:
         rows.append(
             f"  {name:<20}{figure['num_replicas']:>9}{figure['processes']:>10}"
             f"{figure['threads'] or '-':>8}{graph:>11}{figure['samples_per_s_per_replica']:>19.1f}"
+            + (_range(figure["rates"]) if repeated else "")
         )
     return rows
+
+
+def _range(rates: list[float]) -> str:
+    low, high = min(rates), max(rates)
+    return f"{f'{low:.1f}-{high:.1f}':>26}"
 
 
 def _thread_rows(steps: int, figures: dict[str, dict[str, Any]]) -> list[str]:
@@ -251,19 +291,27 @@ def _thread_rows(steps: int, figures: dict[str, dict[str, Any]]) -> list[str]:
     return rows
 
 
+def _quotients(
+    rate: dict[str, float], pairs: list[tuple[str, str]], prefix: str = ""
+) -> dict[str, float]:
+    """``prefix + a/b`` for each pair whose two runs were run."""
+    return {f"{prefix}{a}/{b}": rate[a] / rate[b] for a, b in pairs if a in rate and b in rate}
+
+
+def _rates(runs: dict[str, dict[str, Any]]) -> dict[str, float]:
+    return {k: v["samples_per_s_per_replica"] for k, v in runs.items() if "failed" not in v}
+
+
 def _ratios(
     figures: dict[str, dict[str, Any]],
     thread_figures: dict[str, dict[str, Any]],
     network_figures: dict[str, dict[str, dict[str, Any]]],
     gpu_figures: dict[str, dict[str, Any]],
 ) -> dict[str, float]:
-    per = {k: v["samples_per_s_per_replica"] for k, v in figures.items()}
-    ratios = {"parle_1x1/sgd_1x1": per["parle_1x1"] / per["sgd_1x1"]}
-    if "parle_2x2" in per:
-        ratios["parle_2x2/parle_1x4"] = per["parle_2x2"] / per["parle_1x4"]
-    else:  # on one GPU: what 4 replicas in one process cost against one
-        ratios["parle_1x4/parle_1x1"] = per["parle_1x4"] / per["parle_1x1"]
-        ratios["parle_1x4/parle_1x4_eager"] = per["parle_1x4"] / per["parle_1x4_eager"]
+    pairs = [("parle_1x1", "sgd_1x1"), ("parle_2x2", "parle_1x4")]
+    if "parle_1x4_eager" in figures:  # on one GPU, where the CPU's 2x2 stands
+        pairs += [("parle_1x4", "parle_1x1"), ("parle_1x4", "parle_1x4_eager")]
+    ratios = _quotients(_rates(figures), pairs)
     if thread_figures:
         auto = thread_figures["auto"]
         for other in ("one", "torch"):
@@ -273,21 +321,17 @@ def _ratios(
                         auto[when]["samples_per_s_per_replica"]
                         / thread_figures[other][when]["samples_per_s_per_replica"]
                     )
+    network_pairs = [
+        ("parle_1x1", "sgd_1x1"),
+        ("parle_2x2", "parle_1x4"),
+        ("parle_2x2", "ddp_2x1"),
+        ("parle_1x1_fused", "sgd_1x1_fused"),
+        ("parle_1x1_fused", "parle_1x1"),
+    ]
     for net, runs in network_figures.items():
-        rate = {k: v["samples_per_s_per_replica"] for k, v in runs.items()}
-        ratios[f"{net}:parle_1x1/sgd_1x1"] = rate["parle_1x1"] / rate["sgd_1x1"]
-        if "parle_2x2" in rate:
-            ratios[f"{net}:parle_2x2/parle_1x4"] = rate["parle_2x2"] / rate["parle_1x4"]
-            ratios[f"{net}:parle_2x2/ddp_2x1"] = rate["parle_2x2"] / rate["ddp_2x1"]
-        if "parle_1x1_fused" in rate:
-            ratios[f"{net}:parle_1x1_fused/sgd_1x1_fused"] = (
-                rate["parle_1x1_fused"] / rate["sgd_1x1_fused"]
-            )
-            ratios[f"{net}:parle_1x1_fused/parle_1x1"] = rate["parle_1x1_fused"] / rate["parle_1x1"]
-    fp32 = gpu_figures.get("fp32", {}).get("samples_per_s_per_replica")
-    for name, figure in gpu_figures.items():
-        if fp32 and name != "fp32" and "samples_per_s_per_replica" in figure:
-            ratios[f"wrn16_4:{name}/fp32"] = figure["samples_per_s_per_replica"] / fp32
+        ratios |= _quotients(_rates(runs), network_pairs, prefix=f"{net}:")
+    gpu = _rates(gpu_figures)
+    ratios |= _quotients(gpu, [(name, "fp32") for name in gpu if name != "fp32"], "wrn16_4:")
     return ratios
 
 
@@ -310,6 +354,12 @@ def main() -> None:
         default="cpu",
         help="cuda: one GPU, so no 2x2 layout (NCCL refuses two ranks on one GPU)",
     )
+    parser.add_argument(
+        "--repeats", type=int, default=1, help="rounds of the layouts and networks (median)"
+    )
+    parser.add_argument(
+        "--runs", nargs="+", default=None, help="only these runs of the layouts and networks"
+    )
     args = parser.parse_args()
     quick = args.quick
     steps = args.steps or (20 if quick else 500)
@@ -323,13 +373,16 @@ def main() -> None:
     gpu_figures: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        figures = layouts(base, args.device, workdir)
+        specs = chosen(layout_specs(base, args.device), args.runs)
+        figures = run_rounds(specs, workdir, args.repeats)
         if args.device == "cuda":
             gpu_figures = gpu_variants(20 if quick else 60, 128, workdir)
         if args.device == "cpu" and "threads" in args.sections:
             thread_figures = threads(thread_steps, workdir, quick)
         if args.device == "cpu" and "networks" in args.sections:
-            network_figures = networks(net_steps, net_batch, workdir, quick)
+            network_figures = networks(
+                net_steps, net_batch, workdir, quick, args.repeats, args.runs
+            )
     rows = _layout_rows(
         f"MNIST-1D cnn1d, batch {args.batch}, {steps} minibatches per replica, {args.device}",
         figures,
@@ -357,6 +410,7 @@ def main() -> None:
         "steps": steps,
         "network_steps": net_steps,
         "network_batch": net_batch,
+        "repeats": args.repeats,
     }
     write_results("throughput", payload, table, args.out)
     print("ratios: " + " ".join(f"{k}={v:.2f}" for k, v in ratios.items()))

@@ -80,6 +80,13 @@ def run_torchrun(
     )
 
 
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: a worker per core this process may use, at most 4. Most tests wait on the
+    processes they start, but each of those is a CLI, a torchrun or a job of its own, so more
+    workers than cores would only stretch the tests that time a fault or a kill."""
+    return max(1, min(len(os.sched_getaffinity(0)), 4))
+
+
 @pytest.fixture
 def port() -> int:
     return free_port()
