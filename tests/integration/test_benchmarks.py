@@ -138,3 +138,43 @@ def test_claims_benchmark_quick_writes_the_claim_lines(tmp_path: Path) -> None:
     assert {"top_eigenvalue", "hessian_trace"} <= {k for r in records for k in r}
     table = (tmp_path / "claims.md").read_text()
     assert figures["command"] in table and "claim 7:" in table and "benchmark wall time" in table
+
+
+def test_claims_runs_an_equal_wall_clock_sgd_at_each_asked_budget(tmp_path: Path) -> None:
+    """SGD's passes at Parle's wall time (the ratio of the two chosen seed-0 runs), its lr and
+    schedule chosen on validation, then its seeds; and the result files named apart."""
+    from benchmarks import claims
+
+    plan = claims.Plan(
+        workload="digits",
+        seeds=[0, 1],
+        budgets=[20.0, 125.0],
+        sgd_grid=[(0.1, "cosine"), (0.3, "step")],
+        schedules=("step",),
+        methods_small=["sgd", "parle n=3"],
+        methods_large=["sgd", "parle n=3"],
+        wall_at=[125.0],
+    )
+    bench = claims.Bench(tmp_path, [], None)
+    parle = claims.Job("digits", "parle n=3", "evals", 125.0, 0, "step")
+    sgd = claims.Job("digits", "sgd", "evals", 125.0, 0, "cosine", 0.1)
+    plan.chosen[("parle n=3", "evals", 125.0)], plan.chosen[("sgd", "evals", 125.0)] = parle, sgd
+    bench.results[parle], bench.results[sgd] = {"wall_s": 30.0}, {"wall_s": 10.0}
+    assert claims.wall_candidates(bench, plan, 20.0) == []  # not asked for at 20 passes
+    jobs = claims.wall_candidates(bench, plan, 125.0)
+    assert {(j.budget, j.passes, j.lr, j.schedule, j.seed) for j in jobs} == {
+        ("wall", 375.0, 0.1, "cosine", 0),
+        ("wall", 375.0, 0.3, "step", 0),
+    }
+    for job in jobs:  # validation prefers lr 0.3; test accuracy would prefer 0.1
+        val, test = (0.95, 0.90) if job.lr == 0.3 else (0.90, 0.99)
+        bench.results[job] = {"reference": {"val_acc": val, "test_acc": test}}
+    assert [(j.seed, j.lr, j.passes) for j in claims.wall_seeds(bench, plan, 125.0)] == [
+        (0, 0.3, 375.0),
+        (1, 0.3, 375.0),
+    ]
+    assert claims.result_name(plan, False, [20.0, 125.0]) == "claims.digits-20-125"
+    assert claims.result_name(plan, False, None) == "claims.digits"
+    plan.workload = "mnist1d"
+    assert claims.result_name(plan, False, None) == "claims"
+    assert claims.result_name(plan, False, [125.0]) == "claims.mnist1d-125"
