@@ -80,6 +80,7 @@ def run_torchrun(
     )
 
 
+@pytest.hookimpl(optionalhook=True)  # without pytest-xdist (``-o addopts=``) it is not called
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
     """``-n auto``: a worker per core this process may use, at most 4. Most tests wait on the
     processes they start, but each of those is a CLI, a torchrun or a job of its own, so more

@@ -178,3 +178,25 @@ def test_claims_runs_an_equal_wall_clock_sgd_at_each_asked_budget(tmp_path: Path
     plan.workload = "mnist1d"
     assert claims.result_name(plan, False, None) == "claims"
     assert claims.result_name(plan, False, [125.0]) == "claims.mnist1d-125"
+
+
+def test_gpu_check_runs_its_tests_without_pytest_xdist() -> None:
+    """The GPU machines have no pytest-xdist: gpu_check.sh's pytest line, as written there, with
+    the plugin absent, still runs the tests (the suite's ``-n auto`` and its hook stay out)."""
+    script = (REPO / "benchmarks" / "gpu_check.sh").read_text()
+    line = next(x for x in script.splitlines() if x.startswith("python3 -m pytest "))
+    args = line.split()[3:]
+    assert "-o" in args and "addopts=" in args
+    files = [a for a in args if a.startswith("tests/")]
+    assert files and all((REPO / f).is_file() for f in files)
+    options = [a for a in args if a not in files]
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", *options, "-p", "no:xdist", "tests/unit/test_scoping.py"],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert " passed" in done.stdout and "workers" not in done.stdout
