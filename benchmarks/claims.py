@@ -862,6 +862,9 @@ def main() -> None:
         plan.methods_large = list(args.large_methods)
     if args.wall_budgets is not None:
         plan.wall_at = list(args.wall_budgets)
+        if set(plan.wall_at) - set(plan.budgets):
+            budgets = " ".join(f"{b:g}" for b in plan.budgets)
+            parser.error(f"--wall-budgets must be among the budgets ({budgets}); add to --budgets")
     if args.methods:
         plan.methods_small = [m for m in plan.methods_small if m in args.methods]
         plan.methods_large = [m for m in plan.methods_large if m in args.methods]

@@ -361,6 +361,12 @@ def main() -> None:
         "--runs", nargs="+", default=None, help="only these runs of the layouts and networks"
     )
     args = parser.parse_args()
+    known = sorted({name for name, _, _ in NETWORK_LAYOUTS} | {"parle_1x4_eager"})
+    if args.runs and set(args.runs) - set(known):
+        unknown = ", ".join(sorted(set(args.runs) - set(known)))
+        parser.error(f"unknown run(s) {unknown}; choose from {', '.join(known)}")
+    if args.repeats < 1:
+        parser.error(f"--repeats {args.repeats}: give 1 or more rounds")
     quick = args.quick
     steps = args.steps or (20 if quick else 500)
     base = [f"max_steps={steps}", f"data.batch_size={args.batch}", f"cluster.device={args.device}"]
