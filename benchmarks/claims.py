@@ -812,9 +812,9 @@ def main() -> None:
     parser.add_argument(
         "--wall-budgets",
         type=float,
-        nargs="+",
+        nargs="*",
         default=None,
-        help="the budgets with an equal wall-clock SGD (default: the first)",
+        help="the budgets with an equal wall-clock SGD (default: the first; none: no value)",
     )
     args = parser.parse_args()
     start = time.perf_counter()
