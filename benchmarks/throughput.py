@@ -361,7 +361,9 @@ def main() -> None:
         "--runs", nargs="+", default=None, help="only these runs of the layouts and networks"
     )
     args = parser.parse_args()
-    known = sorted({name for name, _, _ in NETWORK_LAYOUTS} | {"parle_1x4_eager"})
+    # every run either section can hold, on either device
+    layouts = [name for device in ("cpu", "cuda") for name, _, _ in layout_specs([], device)]
+    known = sorted({name for name, _, _ in NETWORK_LAYOUTS} | set(layouts))
     if args.runs and set(args.runs) - set(known):
         unknown = ", ".join(sorted(set(args.runs) - set(known)))
         parser.error(f"unknown run(s) {unknown}; choose from {', '.join(known)}")
