@@ -206,6 +206,7 @@ class Bench:
     results: dict[Job, dict[str, Any]] = field(default_factory=dict)
     skipped: list[Job] = field(default_factory=list)
     failed: dict[Job, str] = field(default_factory=dict)
+    trained: list[Job] = field(default_factory=list)  # by this invocation, not found done
 
     def run_dir(self, job: Job) -> Path:
         overrides = job.overrides(self.flat_args)
@@ -243,6 +244,7 @@ class Bench:
                 print(f"FAILED {job}: {lines[-1]}", file=sys.stderr, flush=True)
                 return
             print(f"done {run_dir.name}", file=sys.stderr, flush=True)
+            self.trained.append(job)
         result = json.loads((run_dir / "results.json").read_text())
         result["curve"] = _curve(run_dir)
         self.results[job] = result
@@ -898,9 +900,10 @@ def main() -> None:
             "",
             table,
             "",
-            f"benchmark wall time: {span / 60:.0f} min from the first run's start to the last "
-            f"one's end ({len(bench.results)} runs, {args.workers} at a time, "
-            f"{trained / 60:.0f} min of training in all); this invocation {wall_s:.0f} s",
+            f"benchmark wall time: {span / 60:.0f} min with runs going ({len(bench.results)} "
+            f"runs, {args.workers} at a time, {trained / 60:.0f} min of training in all); this "
+            f"invocation {wall_s:.0f} s, {len(bench.trained)} of the runs trained by it, the "
+            "others found in the workdir",
         ]
     )
     print(text)
@@ -915,6 +918,7 @@ def main() -> None:
             "chosen": {f"{k[0]} {k[1]} {k[2]:g}": vars_(j) for k, j in plan.chosen.items()},
             "wall_s": wall_s,
             "span_s": span,
+            "trained_runs": len(bench.trained),
             "training_s": trained,
             "records": records(bench),
         }
@@ -937,14 +941,24 @@ def result_name(plan: Plan, quick: bool, budgets: list[float] | None) -> str:
 
 
 def runs_span(bench: Bench) -> tuple[float, float]:
-    """Seconds from the first reported run's start (its config.yaml) to the last one's end (its
-    results.json), and the sum of their training wall times."""
-    dirs = [bench.run_dir(j) for j in bench.results]
-    if not dirs:
-        return 0.0, 0.0
-    first = min((d / "config.yaml").stat().st_mtime for d in dirs)
-    last = max((d / "results.json").stat().st_mtime for d in dirs)
-    return last - first, sum(r["wall_s"] for r in bench.results.values())
+    """Seconds with at least one reported run going (from its config.yaml to its results.json),
+    and the sum of their training wall times. A union, not first start to last end: a workdir
+    reused by a later invocation holds runs from both, with the pause between them."""
+    spans = [
+        ((d / "config.yaml").stat().st_mtime, (d / "results.json").stat().st_mtime)
+        for d in (bench.run_dir(j) for j in bench.results)
+    ]
+    return busy_seconds(spans), sum(r["wall_s"] for r in bench.results.values())
+
+
+def busy_seconds(spans: list[tuple[float, float]]) -> float:
+    """The length of the union of the intervals ``spans``."""
+    total, end = 0.0, float("-inf")
+    for start, stop in sorted(spans):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
 
 
 def vars_(job: Job) -> dict[str, Any]:

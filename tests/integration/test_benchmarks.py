@@ -121,9 +121,12 @@ def test_readme_gpu_check_refuses_clearly_without_cuda() -> None:
     assert (sorted(out.rglob("*")) if out.exists() else None) == before
 
 
+@pytest.mark.timeout(900)  # two invocations of the benchmark
 def test_claims_benchmark_quick_writes_the_claim_lines(tmp_path: Path) -> None:
-    """``python -m benchmarks.claims --quick``: three tiny runs, one line per claim, records."""
-    last = _run_benchmark("claims", ["--quick"], tmp_path)
+    """``python -m benchmarks.claims --quick``: three tiny runs, one line per claim, records;
+    run again on its workdir, it trains nothing and reports the same claims."""
+    work = tmp_path / "work"
+    last = _run_benchmark("claims", ["--quick", "--workdir", str(work)], tmp_path)
     assert last.startswith("verdicts: claim 1="), last
     figures = json.loads((tmp_path / "claims.json").read_text())
     assert figures["benchmark"] == "claims" and "benchmarks.claims" in figures["command"]
@@ -138,6 +141,15 @@ def test_claims_benchmark_quick_writes_the_claim_lines(tmp_path: Path) -> None:
     assert {"top_eigenvalue", "hessian_trace"} <= {k for r in records for k in r}
     table = (tmp_path / "claims.md").read_text()
     assert figures["command"] in table and "claim 7:" in table and "benchmark wall time" in table
+    assert "3 runs, 2 at a time" in table and "3 of the runs trained by it" in table
+    assert 0 < figures["span_s"] <= figures["wall_s"]
+    again = tmp_path / "again"
+    assert _run_benchmark("claims", ["--quick", "--workdir", str(work)], again) == last
+    redone = json.loads((again / "claims.json").read_text())
+    assert redone["records"] == records and redone["trained_runs"] == 0
+    # the time with runs going, not the pause between the two invocations
+    assert redone["span_s"] == pytest.approx(figures["span_s"])
+    assert "0 of the runs trained by it" in (again / "claims.md").read_text()
 
 
 def test_claims_runs_an_equal_wall_clock_sgd_at_each_asked_budget(tmp_path: Path) -> None:
