@@ -65,3 +65,44 @@ def test_readme_python_example_runs(tmp_path: Path) -> None:
         timeout=120,
     )
     assert done.returncode == 0, done.stderr
+
+
+# Each benchmark command, parsed by that benchmark's own parser and not run (they take minutes to
+# hours): parse_args is wrapped to stop once the arguments are read.
+_PARSE_ONLY = """
+import argparse, runpy, sys
+parse = argparse.ArgumentParser.parse_args
+def stop(self, *args, **kwargs):
+    parse(self, *args, **kwargs)
+    raise SystemExit(0)
+argparse.ArgumentParser.parse_args = stop
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_module(sys.argv[0], run_name="__main__")
+"""
+
+
+def _benchmark_commands() -> list[list[str]]:
+    """``python -m benchmarks.NAME ...`` in inline code (which may wrap over lines) and in the
+    text blocks, each as its words."""
+    found = re.findall(r"`(python -m benchmarks\.[^`]+)`", README)
+    for block in _blocks("text"):
+        found += [x for x in block.splitlines() if x.startswith("python -m benchmarks.")]
+    return [shlex.split(" ".join(c.split())) for c in found]
+
+
+def test_readme_benchmark_commands_name_only_options_their_benchmarks_take() -> None:
+    commands = _benchmark_commands()
+    assert len(commands) >= 10 and {c[2] for c in commands} >= {
+        "benchmarks.claims",
+        "benchmarks.throughput",
+    }
+    for words in commands:
+        done = subprocess.run(
+            [sys.executable, "-c", _PARSE_ONLY, *words[2:]],
+            cwd=REPO,
+            env=cli_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert done.returncode == 0, f"{' '.join(words)}\n{done.stderr[-1500:]}"
