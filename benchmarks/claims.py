@@ -764,8 +764,11 @@ def tables(bench: Bench, plan: Plan) -> str:
 
 
 def records(bench: Bench) -> list[dict[str, Any]]:
+    """A record per run, in the order of their configurations, not of their ends: two
+    invocations over one workdir write the same list."""
     out = []
-    for job, r in bench.results.items():
+    for job in sorted(bench.results, key=_order):
+        r = bench.results[job]
         out.append(
             {
                 "workload": job.workload,
@@ -786,6 +789,10 @@ def records(bench: Bench) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _order(job: Job) -> tuple:
+    return (job.method, job.budget, job.passes, job.seed, job.schedule, job.lr or 0.0, job.flatness)
 
 
 def main() -> None:
