@@ -212,3 +212,12 @@ def test_gpu_check_runs_its_tests_without_pytest_xdist() -> None:
     )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert " passed" in done.stdout and "workers" not in done.stdout
+
+
+def test_claims_wall_time_is_the_union_of_the_runs_intervals() -> None:
+    """Overlapping runs count once, a run inside another not at all, a pause between not at all."""
+    from benchmarks.claims import busy_seconds
+
+    assert busy_seconds([]) == 0.0
+    assert busy_seconds([(5.0, 6.0), (0.0, 2.0), (1.0, 3.0)]) == 4.0
+    assert busy_seconds([(0.0, 10.0), (2.0, 3.0), (100.0, 101.0)]) == 11.0
