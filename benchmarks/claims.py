@@ -207,6 +207,8 @@ class Bench:
     skipped: list[Job] = field(default_factory=list)
     failed: dict[Job, str] = field(default_factory=dict)
     trained: list[Job] = field(default_factory=list)  # by this invocation, not found done
+    reused: list[Job] = field(default_factory=list)  # from an earlier invocation's records
+    untimed_s: float = 0.0  # the span of reused records that carry no start and end
 
     def run_dir(self, job: Job) -> Path:
         overrides = job.overrides(self.flat_args)
@@ -247,6 +249,8 @@ class Bench:
             self.trained.append(job)
         result = json.loads((run_dir / "results.json").read_text())
         result["curve"] = _curve(run_dir)
+        result["started"] = (run_dir / "config.yaml").stat().st_mtime
+        result["ended"] = (run_dir / "results.json").stat().st_mtime
         self.results[job] = result
 
     def run(self, jobs: list[Job]) -> None:
@@ -766,29 +770,100 @@ def tables(bench: Bench, plan: Plan) -> str:
 def records(bench: Bench) -> list[dict[str, Any]]:
     """A record per run, in the order of their configurations, not of their ends: two
     invocations over one workdir write the same list."""
-    out = []
-    for job in sorted(bench.results, key=_order):
-        r = bench.results[job]
-        out.append(
-            {
-                "workload": job.workload,
-                "method": job.method,
-                "budget": job.budget,
-                "passes": job.passes,
-                "seed": job.seed,
-                "schedule": job.schedule,
-                "lr": job.lr,
-                "num_replicas": r["num_replicas"],
-                "test_acc": r["reference"]["test_acc"],
-                "train_acc": r["reference"]["train_acc"],
-                "val_acc": r["reference"]["val_acc"],
-                "wall_s": r["wall_s"],
-                "grad_evals_per_replica": r["steps_per_replica"],
-                "curve": r["curve"],
-                **flatness_fields(r),
-            }
+    return [record(bench, job) for job in sorted(bench.results, key=_order)]
+
+
+def record(bench: Bench, job: Job) -> dict[str, Any]:
+    r = bench.results[job]
+    return {
+        "workload": job.workload,
+        "method": job.method,
+        "budget": job.budget,
+        "passes": job.passes,
+        "seed": job.seed,
+        "schedule": job.schedule,
+        "lr": job.lr,
+        "num_replicas": r["num_replicas"],
+        "test_acc": r["reference"]["test_acc"],
+        "train_acc": r["reference"]["train_acc"],
+        "val_acc": r["reference"]["val_acc"],
+        "wall_s": r["wall_s"],
+        "grad_evals_per_replica": r["steps_per_replica"],
+        "curve": r["curve"],
+        **flatness_fields(r),
+        # the run's folder (its name holds the digest of its overrides) and when it ran
+        "run": bench.run_dir(job).name,
+        **{k: r[k] for k in ("started", "ended") if k in r},
+    }
+
+
+def reuse(bench: Bench, workload: str, path: Path) -> int:
+    """The runs recorded in an earlier invocation's ``claims*.json`` (``--reuse``), taken as
+    finished, for when the workdir that held them is gone. A record whose run folder name (the
+    digest of its overrides) is not the one its configuration has now is not taken: its settings
+    have changed since, and it is trained again. Returns how many were not taken."""
+    try:
+        figures = json.loads(path.read_text())
+        found = figures["records"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"--reuse {path}: not a claims results file ({err})") from None
+    other = {r.get("workload") for r in found} - {workload}
+    if other:
+        raise ValueError(
+            f"--reuse {path}: its records are of workload {', '.join(map(str, other))}, this "
+            f"invocation's is {workload}; pass --workload or a file of this workload"
         )
-    return out
+    stale = 0
+    for i, r in enumerate(found):
+        try:
+            job, result = job_of(workload, r), result_of(r)
+        except (KeyError, TypeError, ValueError) as err:
+            what = f"lacks {err}" if isinstance(err, KeyError) else f"is malformed ({err})"
+            raise ValueError(f"--reuse {path}: record {i} {what}; not a run's record") from None
+        if "run" in r and r["run"] != bench.run_dir(job).name:
+            stale += 1
+        elif job not in bench.results:
+            bench.results[job] = result
+            bench.reused.append(job)
+    if not any("started" in r for r in found):
+        bench.untimed_s += figures.get("span_s", 0.0)
+    return stale
+
+
+def job_of(workload: str, r: dict[str, Any]) -> Job:
+    """The configuration a record was run from (flatness measured where the record has it)."""
+    flat = "top_eigenvalue" in r
+    lr = None if r["lr"] is None else float(r["lr"])
+    return Job(
+        workload, r["method"], r["budget"], float(r["passes"]), r["seed"], r["schedule"], lr, flat
+    )
+
+
+def result_of(r: dict[str, Any]) -> dict[str, Any]:
+    """The part of a run's results.json that its record keeps: ``record`` gives it back."""
+    result = {
+        "num_replicas": r["num_replicas"],
+        "reference": {k: r[k] for k in ("test_acc", "train_acc", "val_acc")},
+        "wall_s": r["wall_s"],
+        "steps_per_replica": r["grad_evals_per_replica"],
+        "curve": [tuple(point) for point in r["curve"]],
+        **{k: r[k] for k in ("started", "ended") if k in r},
+    }
+    if "top_eigenvalue" in r:
+        rises = [k for k in r if k.startswith("rise_")]
+        result["flatness"] = {
+            "top_eigenvalue": r["top_eigenvalue"],
+            "trace": r["hessian_trace"],
+            "loss": r["flatness_loss"],
+            "rises": [{"radius": float(k[len("rise_") :]), "mean": r[k]} for k in rises],
+        }
+        if "local_entropy" in r:
+            result["flatness"]["local_entropy"] = {
+                "local_entropy": r["local_entropy"],
+                "gibbs_loss": r["gibbs_loss"],
+                "grad_norm": r["local_entropy_grad_norm"],
+            }
+    return result
 
 
 def _order(job: Job) -> tuple:
@@ -806,6 +881,13 @@ def main() -> None:
     parser.add_argument("--workload", default=None, choices=list(WORKLOADS))
     parser.add_argument("--out", type=Path, default=None, help="results folder")
     parser.add_argument("--workdir", type=Path, default=None, help="keep the runs here")
+    parser.add_argument(
+        "--reuse",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="earlier claims*.json files: their recorded runs are taken as finished",
+    )
     parser.add_argument("--deadline", default=None, help="HH:MM UTC: no run starts after it")
     parser.add_argument("--workers", type=int, default=2, help="runs at a time")
     parser.add_argument(
@@ -882,6 +964,13 @@ def main() -> None:
         workdir = args.workdir or Path(tmp)
         workdir.mkdir(parents=True, exist_ok=True)
         bench = Bench(workdir, flat_args, deadline, args.workers)
+        for path in args.reuse:
+            try:
+                stale = reuse(bench, plan.workload, path)
+            except ValueError as err:
+                parser.error(str(err))
+            if stale:
+                print(f"--reuse {path}: {stale} record(s) of changed settings, trained again")
         execute(bench, plan)
         span, trained = runs_span(bench)  # while the runs' folders are there
         lines, figures = claims(bench, plan)
@@ -909,8 +998,8 @@ def main() -> None:
             "",
             f"benchmark wall time: {span / 60:.0f} min with runs going ({len(bench.results)} "
             f"runs, {args.workers} at a time, {trained / 60:.0f} min of training in all); this "
-            f"invocation {wall_s:.0f} s, {len(bench.trained)} of the runs trained by it, the "
-            "others found in the workdir",
+            f"invocation {wall_s:.0f} s, {len(bench.trained)} of the runs trained by it, "
+            f"{len(bench.reused)} taken from --reuse, the others found in the workdir",
         ]
     )
     print(text)
@@ -951,11 +1040,9 @@ def runs_span(bench: Bench) -> tuple[float, float]:
     """Seconds with at least one reported run going (from its config.yaml to its results.json),
     and the sum of their training wall times. A union, not first start to last end: a workdir
     reused by a later invocation holds runs from both, with the pause between them."""
-    spans = [
-        ((d / "config.yaml").stat().st_mtime, (d / "results.json").stat().st_mtime)
-        for d in (bench.run_dir(j) for j in bench.results)
-    ]
-    return busy_seconds(spans), sum(r["wall_s"] for r in bench.results.values())
+    results = bench.results.values()
+    spans = [(r["started"], r["ended"]) for r in results if "started" in r]
+    return busy_seconds(spans) + bench.untimed_s, sum(r["wall_s"] for r in results)
 
 
 def busy_seconds(spans: list[tuple[float, float]]) -> float:

@@ -121,10 +121,11 @@ def test_readme_gpu_check_refuses_clearly_without_cuda() -> None:
     assert (sorted(out.rglob("*")) if out.exists() else None) == before
 
 
-@pytest.mark.timeout(900)  # two invocations of the benchmark
+@pytest.mark.timeout(900)  # four invocations of the benchmark, one run trained again
 def test_claims_benchmark_quick_writes_the_claim_lines(tmp_path: Path) -> None:
     """``python -m benchmarks.claims --quick``: three tiny runs, one line per claim, records;
-    run again on its workdir, it trains nothing and reports the same claims."""
+    run again on its workdir, or with ``--reuse`` of its results file and the workdir gone, it
+    trains nothing and reports the same claims."""
     work = tmp_path / "work"
     last = _run_benchmark("claims", ["--quick", "--workdir", str(work)], tmp_path)
     assert last.startswith("verdicts: claim 1="), last
@@ -150,6 +151,27 @@ def test_claims_benchmark_quick_writes_the_claim_lines(tmp_path: Path) -> None:
     # the time with runs going, not the pause between the two invocations
     assert redone["span_s"] == pytest.approx(figures["span_s"])
     assert "0 of the runs trained by it" in (again / "claims.md").read_text()
+    # the workdir gone: the records of the first invocation stand for its runs
+    reused = tmp_path / "reused"
+    args = [
+        "--quick",
+        "--workdir",
+        str(tmp_path / "empty"),
+        "--reuse",
+        str(tmp_path / "claims.json"),
+    ]
+    assert _run_benchmark("claims", args, reused) == last
+    taken = json.loads((reused / "claims.json").read_text())
+    assert taken["records"] == records and taken["trained_runs"] == 0
+    assert taken["span_s"] == pytest.approx(figures["span_s"])
+    assert "3 taken from --reuse" in (reused / "claims.md").read_text()
+    # a record whose settings have changed since (another digest in its run's name) is retrained
+    figures["records"][0]["run"] = figures["records"][0]["run"][:-10] + "0123456789"
+    (tmp_path / "changed.json").write_text(json.dumps(figures))
+    args[-1] = str(tmp_path / "changed.json")
+    _run_benchmark("claims", args, tmp_path / "changed")
+    changed = json.loads((tmp_path / "changed" / "claims.json").read_text())
+    assert changed["trained_runs"] == 1 and len(changed["records"]) == 3
 
 
 def test_claims_runs_an_equal_wall_clock_sgd_at_each_asked_budget(tmp_path: Path) -> None:
@@ -221,3 +243,36 @@ def test_claims_wall_time_is_the_union_of_the_runs_intervals() -> None:
     assert busy_seconds([]) == 0.0
     assert busy_seconds([(5.0, 6.0), (0.0, 2.0), (1.0, 3.0)]) == 4.0
     assert busy_seconds([(0.0, 10.0), (2.0, 3.0), (100.0, 101.0)]) == 11.0
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("{not json", "not a claims results file"),
+        ('{"benchmark": "throughput"}', "not a claims results file"),
+        ('{"records": [{"workload": "mnist1d"}]}', "records are of workload mnist1d"),
+        ('{"records": [{"workload": "digits", "method": "sgd"}]}', "record 0 lacks 'lr'"),
+    ],
+    ids=["not_json", "no_records", "other_workload", "incomplete_record"],
+)
+def test_claims_reuse_refuses_a_file_that_is_not_this_workloads_records(
+    tmp_path: Path, text: str, says: str
+) -> None:
+    """``--reuse FILE``: a file that is not a claims results file of this workload is refused
+    with one line naming it, before anything is trained."""
+    (tmp_path / "bad.json").write_text(text)
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.claims", "--quick", "--out", str(tmp_path / "out")),
+            *("--workdir", str(tmp_path / "work"), "--reuse", str(tmp_path / "bad.json")),
+        ],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1].startswith(f"claims.py: error: --reuse {tmp_path}")
+    assert says in done.stderr and not (tmp_path / "out").exists()
+    assert not list((tmp_path / "work").glob("*"))
