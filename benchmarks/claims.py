@@ -41,8 +41,11 @@ Parle n=3 (its passes scaled by the measured ratio) and its own choice on valida
 ``--wall-budgets`` gives the budgets with an equal wall-clock SGD (default: the first),
 ``--large-methods`` the methods run at the budgets after the first. A workload or budgets other
 than the default write ``claims.WORKLOAD[-B1-B2].{json,md}``, beside the default's ``claims``.
-``--workdir DIR`` keeps the runs and reuses finished ones; ``--deadline HH:MM`` (UTC) starts no
-run after that time and reports what finished, labelled partial.
+``--workdir DIR`` keeps the runs and reuses finished ones; ``--reuse FILE.json`` takes the runs
+recorded in an earlier invocation's results file as finished, when its workdir is gone (a record
+whose settings have changed since, by the digest in its run's name, is trained again);
+``--deadline HH:MM`` (UTC) starts no run after that time and reports what finished, labelled
+partial.
 
 Writes benchmarks/results/claims.{json,md}: the claim lines, the tables, every run's record.
 """
