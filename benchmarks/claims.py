@@ -816,7 +816,7 @@ def reuse(bench: Bench, workload: str, path: Path) -> int:
             f"--reuse {path}: its records are of workload {', '.join(map(str, other))}, this "
             f"invocation's is {workload}; pass --workload or a file of this workload"
         )
-    stale = 0
+    stale, untimed = 0, False
     for i, r in enumerate(found):
         try:
             job, result = job_of(workload, r), result_of(r)
@@ -828,8 +828,11 @@ def reuse(bench: Bench, workload: str, path: Path) -> int:
         elif job not in bench.results:
             bench.results[job] = result
             bench.reused.append(job)
-    if not any("started" in r for r in found):
-        bench.untimed_s += figures.get("span_s", 0.0)
+            untimed = untimed or "started" not in r
+    if untimed:
+        # records from before they carried their times: the file's span less its timed runs'
+        timed = [(r["started"], r["ended"]) for r in found if "started" in r]
+        bench.untimed_s += max(figures.get("span_s", 0.0) - busy_seconds(timed), 0.0)
     return stale
 
 

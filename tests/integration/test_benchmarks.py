@@ -276,3 +276,35 @@ def test_claims_reuse_refuses_a_file_that_is_not_this_workloads_records(
     assert done.stderr.strip().splitlines()[-1].startswith(f"claims.py: error: --reuse {tmp_path}")
     assert says in done.stderr and not (tmp_path / "out").exists()
     assert not list((tmp_path / "work").glob("*"))
+
+
+def test_claims_reuse_keeps_the_span_of_records_from_before_they_carried_their_times(
+    tmp_path: Path,
+) -> None:
+    """A results file whose older records have no start and end (and newer ones do) gives back
+    its span, and every record as it was written."""
+    from benchmarks import claims
+
+    def rec(seed: int, **times: float) -> dict:
+        return {
+            "workload": "digits", "method": "sgd", "budget": "evals", "passes": 20.0,
+            "seed": seed, "schedule": "step", "lr": 0.1, "num_replicas": 1, "test_acc": 0.9,
+            "train_acc": 1.0, "val_acc": 0.95, "wall_s": 60.0, "grad_evals_per_replica": 100,
+            "curve": [[1.0, 0.2], [2.0, 0.1]], "top_eigenvalue": 0.5, "hessian_trace": 2.0,
+            "flatness_loss": 0.01, "rise_0.05": 1e-4, "rise_0.1": 4e-4, **times,
+        }  # fmt: skip
+
+    found = [rec(0), rec(1), rec(2, started=1000.0, ended=1060.0)]
+    (tmp_path / "claims.json").write_text(json.dumps({"records": found, "span_s": 180.0}))
+    bench = claims.Bench(tmp_path / "work", [], None)
+    assert claims.reuse(bench, "digits", tmp_path / "claims.json") == 0
+    assert len(bench.reused) == 3
+    assert claims.runs_span(bench) == (pytest.approx(180.0), 180.0)
+    written = json.loads(json.dumps(claims.records(bench)))
+    assert [{k: v for k, v in r.items() if k != "run"} for r in written] == found
+    # written again with their run folders, and reused from that: the same span and records
+    (tmp_path / "again.json").write_text(json.dumps({"records": written, "span_s": 180.0}))
+    again = claims.Bench(tmp_path / "work", [], None)
+    assert claims.reuse(again, "digits", tmp_path / "again.json") == 0
+    assert claims.runs_span(again)[0] == pytest.approx(180.0)
+    assert json.loads(json.dumps(claims.records(again))) == written
