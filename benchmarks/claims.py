@@ -602,18 +602,23 @@ def claims(bench: Bench, plan: Plan) -> tuple[list[str], dict[str, Any]]:
         numbers,
     )
 
-    # 4. more replicas help
-    es = {n: err(f"parle n={n}", small) for n in (3, 6, 8)}
-    v = [verdict(es[6], es[3]), verdict(es[8], es[6]), verdict(es[8], es[3])]
-    result = "holds" if v[2] == "holds" and v[0] != "does not hold" else combine([v[0], v[2]])
-    line(
-        "4",
-        f"more replicas help [{small:g} passes] "
-        + ", ".join(f"n={n} {_s(e)}" for n, e in es.items())
-        + f"; 6 vs 3: {v[0]}, 8 vs 6: {v[1]}, 8 vs 3: {v[2]}",
-        result,
-        {f"n={n}": e for n, e in es.items()},
-    )
+    # 4. more replicas help, at every budget where n = 6 or 8 ran
+    parts, verdicts, numbers = [], [], {}
+    for passes in plan.budgets:
+        es = {n: err(f"parle n={n}", passes) for n in (3, 6, 8)}
+        if passes != small and es[6] is None and es[8] is None:
+            continue
+        v = [verdict(es[6], es[3]), verdict(es[8], es[6]), verdict(es[8], es[3])]
+        held = v[2] == "holds" and v[0] != "does not hold"
+        verdicts.append("holds" if held else combine([v[0], v[2]]))
+        parts.append(
+            f"[{passes:g} passes] "
+            + ", ".join(f"n={n} {_s(e)}" for n, e in es.items())
+            + f"; 6 vs 3: {v[0]}, 8 vs 6: {v[1]}, 8 vs 3: {v[2]}"
+        )
+        prefix = "" if passes == small else f"{passes:g}: "
+        numbers.update({f"{prefix}n={n}": e for n, e in es.items()})
+    line("4", "more replicas help " + "; ".join(parts), combine(verdicts), numbers)
 
     # 5. Entropy-SGD reaches SGD's error in fewer effective epochs
     target_stat = err("sgd", large)
