@@ -175,6 +175,27 @@ def flatness_fields(result: dict[str, Any]) -> dict[str, float]:
     return fields
 
 
+def flatness_of_fields(fields: dict[str, Any]) -> dict[str, Any] | None:
+    """The inverse of ``flatness_fields``: results.json's ``flatness`` from a record's fields
+    (``None`` where the run measured none)."""
+    if "top_eigenvalue" not in fields:
+        return None
+    rises = [k for k in fields if k.startswith("rise_")]
+    found: dict[str, Any] = {
+        "top_eigenvalue": fields["top_eigenvalue"],
+        "trace": fields["hessian_trace"],
+        "loss": fields["flatness_loss"],
+        "rises": [{"radius": float(k[len("rise_") :]), "mean": fields[k]} for k in rises],
+    }
+    if "local_entropy" in fields:
+        found["local_entropy"] = {
+            "local_entropy": fields["local_entropy"],
+            "gibbs_loss": fields["gibbs_loss"],
+            "grad_norm": fields["local_entropy_grad_norm"],
+        }
+    return found
+
+
 FLATNESS_COLUMNS = ("top_eigenvalue", "hessian_trace", "rise_0.05", "rise_0.1", "local_entropy")
 
 

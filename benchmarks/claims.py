@@ -69,7 +69,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.accuracy import COMMON, DATASETS, FLATNESS, flatness_fields
+from benchmarks.accuracy import COMMON, DATASETS, FLATNESS, flatness_fields, flatness_of_fields
 from benchmarks.common import RESULTS, write_results
 
 WORKLOADS = {
@@ -860,20 +860,9 @@ def result_of(r: dict[str, Any]) -> dict[str, Any]:
         "curve": [tuple(point) for point in r["curve"]],
         **{k: r[k] for k in ("started", "ended") if k in r},
     }
-    if "top_eigenvalue" in r:
-        rises = [k for k in r if k.startswith("rise_")]
-        result["flatness"] = {
-            "top_eigenvalue": r["top_eigenvalue"],
-            "trace": r["hessian_trace"],
-            "loss": r["flatness_loss"],
-            "rises": [{"radius": float(k[len("rise_") :]), "mean": r[k]} for k in rises],
-        }
-        if "local_entropy" in r:
-            result["flatness"]["local_entropy"] = {
-                "local_entropy": r["local_entropy"],
-                "gibbs_loss": r["gibbs_loss"],
-                "grad_norm": r["local_entropy_grad_norm"],
-            }
+    flatness = flatness_of_fields(r)
+    if flatness is not None:
+        result["flatness"] = flatness
     return result
 
 

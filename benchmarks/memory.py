@@ -161,8 +161,19 @@ def measure_all(depth: int, width: int, device: torch.device) -> dict[str, dict[
     figures = {}
     for algorithm in ALGORITHMS:
         done = subprocess.run(
-            [sys.executable, "-m", "benchmarks.memory", "--algorithm", algorithm,
-             "--depth", str(depth), "--width", str(width), "--device", str(device)],
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.memory",
+                "--algorithm",
+                algorithm,
+                "--depth",
+                str(depth),
+                "--width",
+                str(width),
+                "--device",
+                str(device),
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -180,15 +191,20 @@ def table_rows(figures: dict[str, dict[str, Any]]) -> list[str]:
     if "cuda_peak_bytes" in figures["sgd"]:
         measures.append("cuda_peak_bytes")
     header = "".join(f"{m.removesuffix('_bytes') + ' MB':>14}{'x sgd':>7}" for m in measures)
-    rows = [f"memory per replica ({numel / 1e6:.2f}M parameters, float32 = "
-            f"{numel * 4 / 1e6:.0f} MB a copy)", f"  {'algorithm':<12}{header}"]
+    rows = [
+        f"memory per replica ({numel / 1e6:.2f}M parameters, float32 = "
+        f"{numel * 4 / 1e6:.0f} MB a copy)",
+        f"  {'algorithm':<12}{header}",
+    ]
     for algorithm, figure in figures.items():
         cells = "".join(
             f"{figure[m] / 1e6:>14.0f}{figure[m] / figures['sgd'][m]:>7.2f}" for m in measures
         )
         rows.append(f"  {algorithm:<12}{cells}")
-    rows.append(f"  {'footprint':<12}{replica_bytes(numel) / 1e6:>14.0f}  "
-                "(elastic_entropy.footprint's estimate per replica)")
+    rows.append(
+        f"  {'footprint':<12}{replica_bytes(numel) / 1e6:>14.0f}  "
+        "(elastic_entropy.footprint's estimate per replica)"
+    )
     return rows
 
 
